@@ -1,5 +1,5 @@
-"""Compile time and forward time, layers under lax.scan against an unrolled Python loop (same params), and the
-decode-step compile time: the measurement behind the scan_layers default.
+"""Compile time, forward time and decode speed: stacked layers under lax.scan against per-layer params unrolled
+(the same weights): the measurement behind the scan_layers default.
 
     python benchmarks/bench_forward.py --shape qwen2.5-0.5b --batch 8 --seq 128
 """
@@ -7,13 +7,12 @@ decode-step compile time: the measurement behind the scan_layers default.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
 import time
 
 sys.path.insert(0, os.path.dirname(__file__))
-
-import dataclasses
 
 import jax
 import numpy as np
@@ -21,6 +20,7 @@ import numpy as np
 import selfguard_jax as sgj
 from common import SHAPES, best_of, random_model_dir, random_prompts, table
 from selfguard_jax import lm as lm_mod
+from selfguard_jax.model import unstack_layers
 
 
 def main() -> None:
@@ -32,12 +32,12 @@ def main() -> None:
     ap.add_argument("--dtype", default="float32")
     args = ap.parse_args()
     folder, _ = random_model_dir(args.shape)
-    base = sgj.load(folder, dtype=args.dtype)
+    base = sgj.load(folder, dtype=args.dtype, scan_layers=True)
     base.config = dataclasses.replace(base.config, eos_token_ids=())
     ids = np.asarray(random_prompts(args.batch, args.seq, base.config.vocab_size))
     rows = []
     for scan in (True, False):
-        lm = dataclasses.replace(base, scan_layers=scan)
+        lm = base if scan else dataclasses.replace(base, params=unstack_layers(base.params))
         lm_mod._forward.clear_cache()
         t = time.perf_counter()
         lm.forward(ids).block_until_ready()

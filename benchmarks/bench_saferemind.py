@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 import selfguard_jax as sgj
-from common import SHAPES, best_of, random_model_dir, random_prompts, table
+from common import SHAPES, random_model_dir, random_prompts, table
 from selfguard_jax.reminder import Reminder
 
 
@@ -56,6 +56,7 @@ def main() -> None:
     ap.add_argument("--prompts", type=int, default=16)
     ap.add_argument("--prompt-len", type=int, default=64)
     ap.add_argument("--new", type=int, default=128)
+    ap.add_argument("--repeats", type=int, default=5)
     args = ap.parse_args()
     torch.set_num_threads(os.cpu_count())
     folder, model = random_model_dir(args.shape)
@@ -73,22 +74,31 @@ def main() -> None:
     steer = sgj.Steering.from_vectors(vecs, [lm.config.num_layers // 2], 0.01)
     variants = {"plain": {}, "steering": {"steering": steer}, "reminders": {"reminder": rem},
                 "steering+reminders": {"steering": steer, "reminder": rem}}
-    rows, base = [], None
-    for name, kw in variants.items():
+    for kw in variants.values():  # compile every variant first
         lm.generate(prompts, max_new_tokens=args.new, **kw)
-        t = best_of(lambda: lm.generate(prompts, max_new_tokens=args.new, **kw), 2)
-        base = base or t
+    times: dict[str, list[float]] = {name: [] for name in variants}
+    for _ in range(args.repeats):  # interleaved, so drift in the machine's speed hits every variant alike
+        for name, kw in variants.items():
+            t = time.perf_counter()
+            lm.generate(prompts, max_new_tokens=args.new, **kw)
+            times[name].append(time.perf_counter() - t)
+    base = float(np.median(times["plain"]))
+    rows = []
+    for name, kw in variants.items():
+        t = float(np.median(times[name]))
         out = lm.generate(prompts, max_new_tokens=args.new, **kw)
-        rows.append({"variant": name, "seconds": t, "prompts/s": args.prompts / t,
-                     "overhead %": 100 * (t / base - 1), "reminders": sum(map(len, out.reminder_steps))})
-    print(f"\n## steering and reminder overhead, shape {args.shape}, batch {args.prompts}, {args.new} new tokens\n")
+        rows.append({"variant": name, "median s": t, "min s": min(times[name]), "max s": max(times[name]),
+                     "prompts/s": args.prompts / t, "overhead %": 100 * (t / base - 1),
+                     "reminders": sum(map(len, out.reminder_steps))})
+    print(f"\n## steering and reminder overhead, shape {args.shape}, batch {args.prompts}, {args.new} new tokens, "
+          f"median of {args.repeats} interleaved runs\n")
     print(table(rows, list(rows[0])))
     authors_loop(model, prompts[0], rem, 4)
     t = time.perf_counter()
     for p in prompts:
         authors_loop(model, p, rem, args.new)
     authors = time.perf_counter() - t
-    ours = rows[2]["seconds"]
+    ours = rows[2]["median s"]
     print(f"\n## SafeRemind: batched decoder vs the authors' loop, {args.prompts} prompts\n")
     print(table([{"implementation": "selfguard_jax batched", "prompts/s": args.prompts / ours},
                  {"implementation": "authors' loop (PyTorch, batch 1)", "prompts/s": args.prompts / authors}],

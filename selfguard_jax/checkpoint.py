@@ -17,7 +17,7 @@ from safetensors import safe_open
 from safetensors.numpy import save_file
 
 from selfguard_jax.config import ModelConfig
-from selfguard_jax.model import Params, param_shapes
+from selfguard_jax.model import Params, layers_are_stacked, param_shapes, stack_layers
 
 DTYPES = {"float32": np.float32, "bfloat16": ml_dtypes.bfloat16, "float16": np.float16}
 
@@ -96,7 +96,7 @@ class SafetensorsFolder:
 
 
 def _plan(cfg: ModelConfig) -> Iterator[tuple[tuple[str, ...], list[str], tuple[int, ...]]]:
-    """(our path, HF key(s), our shape): a list of several HF keys means 'stack along the layer axis'."""
+    """(our path, HF key(s), our shape): a layer path lists one HF key per layer, stacked on the layer axis."""
     shapes = param_shapes(cfg)
     yield ("embed",), ["model.embed_tokens.weight"], shapes["embed"]
     for name, hf in _hf_layer_names(cfg).items():
@@ -108,11 +108,12 @@ def _plan(cfg: ModelConfig) -> Iterator[tuple[tuple[str, ...], list[str], tuple[
 
 
 def load_params(folder: str | Path, cfg: ModelConfig, dtype: str = "float32",
-                place: Callable[[tuple[str, ...], np.ndarray], jax.Array] | None = None) -> Params:
+                place: Callable[[tuple, np.ndarray], jax.Array] | None = None, per_layer: bool = False) -> Params:
     """Read an HF folder into our nested params, one tensor at a time, checking names and shapes.
 
     `place(path, array)` puts each finished host array on devices (default: `jax.device_put`); a sharded
-    loader passes one that puts it straight onto its NamedSharding.
+    loader passes one that puts it straight onto its NamedSharding. The layer params come stacked, paths
+    ("layers", name), or with `per_layer` as a tuple of per-layer dicts, paths ("layers", i, name).
     """
     if dtype not in DTYPES:
         raise CheckpointError(f"dtype {dtype!r} is not supported; choose one of {sorted(DTYPES)}.")
@@ -120,19 +121,24 @@ def load_params(folder: str | Path, cfg: ModelConfig, dtype: str = "float32",
     place = place or (lambda path, a: jax.device_put(a))
     src = SafetensorsFolder(folder)
     used: set[str] = set()
-    params: Params = {"layers": {}}
+    params: Params = {}
+    layers: list[Params] = [{} for _ in range(cfg.num_layers)]
+    stacked: Params = {}
     for path, keys, shape in _plan(cfg):
         name = path[-1]
-        if len(keys) == 1:
-            host = _checked(src, keys[0], name, shape).astype(np_dtype)
+        used.update(keys)
+        if len(path) == 1:
+            params[name] = place(path, _checked(src, keys[0], name, shape).astype(np_dtype))
+        elif per_layer:
+            for i, key in enumerate(keys):
+                layers[i][name] = place(("layers", i, name), _checked(src, key, name, shape[1:]).astype(np_dtype))
         else:
             host = np.empty(shape, np_dtype)
             for i, key in enumerate(keys):
                 host[i] = _checked(src, key, name, shape[1:])
-        used.update(keys)
-        node = params if len(path) == 1 else params["layers"]
-        node[name] = place(path, host)
-        del host
+            stacked[name] = place(path, host)
+            del host
+    params["layers"] = tuple(layers) if per_layer else stacked
     extra = src.keys() - used - {"lm_head.weight"} if cfg.tie_word_embeddings else src.keys() - used
     extra = {k for k in extra if not k.endswith("rotary_emb.inv_freq")}
     if extra:
@@ -157,9 +163,13 @@ def export_hf(params: Params, cfg: ModelConfig, out_dir: str | Path, tokenizer_f
     out.mkdir(parents=True, exist_ok=True)
     tensors: dict[str, np.ndarray] = {}
     for path, keys, _ in _plan(cfg):
-        arr = params[path[0]] if len(path) == 1 else params["layers"][path[1]]
-        host = np.asarray(jax.device_get(arr))
-        if len(keys) == 1:
+        if len(path) == 1:
+            host = np.asarray(jax.device_get(params[path[0]]))
+        elif layers_are_stacked(params):
+            host = np.asarray(jax.device_get(params["layers"][path[1]]))
+        else:
+            host = np.stack([np.asarray(jax.device_get(lp[path[1]])) for lp in params["layers"]])
+        if len(path) == 1:
             tensors[keys[0]] = np.ascontiguousarray(_to_hf(path[-1], host))
         else:
             for i, key in enumerate(keys):
@@ -191,7 +201,7 @@ def save_orbax(params: Params, cfg: ModelConfig, out_dir: str | Path, tokenizer_
     out = Path(out_dir).absolute()
     out.mkdir(parents=True, exist_ok=True)
     with ocp.StandardCheckpointer() as ckptr:
-        ckptr.save(out / "params", params, force=True)
+        ckptr.save(out / "params", stack_layers(params), force=True)
     (out / "config.json").write_text(json.dumps(cfg.to_hf_dict(), indent=2))
     (out / "selfguard_jax.json").write_text(json.dumps({"format": "orbax", "dtype": str(params["embed"].dtype)}))
     if tokenizer_from is not None:
@@ -201,7 +211,8 @@ def save_orbax(params: Params, cfg: ModelConfig, out_dir: str | Path, tokenizer_
 
 def restore_orbax(folder: str | Path, cfg: ModelConfig, dtype: str | None = None,
                   shardings: Any | None = None) -> Params:
-    """Restore params saved by `save_orbax`, optionally straight onto `shardings` (a matching pytree)."""
+    """Restore params saved by `save_orbax` (stacked layout), optionally straight onto `shardings` (a matching
+    stacked pytree)."""
     import orbax.checkpoint as ocp
 
     folder = Path(folder).absolute()

@@ -202,9 +202,7 @@ def _init(params, cfg, static: DecodeStatic, inp: DecodeInputs, ids_BT, mask_BT,
     steer = SteerInput(inp.steer_add_LD, jnp.full((B, T), on, jnp.float32) * inp.steer_rows_B[:, None])
     out = forward(params, cfg, ids_BT, positions_from_mask(mask_BT), causal_mask(mask_BT), steer=steer,
                   return_kv=True, last_logits_only=True, scan_layers=static.scan_layers)
-    cache = KVCache.zeros(cfg, B, T + N, params["embed"].dtype)
-    cache = KVCache(k=jax.lax.dynamic_update_slice(cache.k, out.kv.k, (0, 0, 0, 0, 0)),
-                    v=jax.lax.dynamic_update_slice(cache.v, out.kv.v, (0, 0, 0, 0, 0)))
+    cache = KVCache.from_prefill(out.kv, T + N)
     kv_valid = jnp.zeros((B, T + N), bool).at[:, :T].set(mask_BT.astype(bool))
     zeros = jnp.zeros((B,), jnp.int32)
     return DecodeState(

@@ -13,7 +13,8 @@ import numpy as np
 
 from selfguard_jax import checkpoint
 from selfguard_jax.config import ModelConfig
-from selfguard_jax.model import Params, Transformer, causal_mask, forward, positions_from_mask, rms_norm
+from selfguard_jax.model import (Params, Transformer, causal_mask, forward, layers_are_stacked, positions_from_mask,
+                                 rms_norm, unstack_layers)
 from selfguard_jax.steering import Steering
 
 
@@ -36,8 +37,12 @@ class LM:
     params: Params
     tokenizer: Any = None
     path: str | None = None
-    scan_layers: bool = True
     mesh: Any = None
+
+    @property
+    def scan_layers(self) -> bool:
+        """Whether the blocks run under `lax.scan` (stacked params) or unrolled (per-layer params)."""
+        return layers_are_stacked(self.params)
 
     def with_mesh(self, mesh) -> "LM":
         """The same model with params resharded onto `mesh` (sharding.make_mesh): batch over data, TP over model."""
@@ -64,6 +69,7 @@ class LM:
 
     @property
     def module(self) -> Transformer:
+        """The linen module; it declares the stacked layout (`model.stack_layers(lm.params)` for `apply`)."""
         return Transformer(self.config, dtype=self.params["embed"].dtype, scan_layers=self.scan_layers)
 
     @property
@@ -112,10 +118,18 @@ class LM:
         return generate(self, prompts, **kwargs)
 
 
-def load(path: str | Path, dtype: str = "float32", tokenizer: bool = True, scan_layers: bool = True,
+def default_scan_layers() -> bool:
+    """Scan the blocks on TPU, where each block's weight slice fuses into its matmuls; elsewhere (CPU, GPU) the
+    slice is a copy of the block's weights every decode step, so the blocks run unrolled over per-layer params."""
+    return jax.devices()[0].platform == "tpu"
+
+
+def load(path: str | Path, dtype: str = "float32", tokenizer: bool = True, scan_layers: bool | None = None,
          mesh: Any = None) -> LM:
     """Load an HF folder (config.json + safetensors [+ tokenizer]) or a folder written by `save_orbax`.
 
+    `scan_layers` picks the layer layout: stacked params under `lax.scan` (compile time flat in depth) or
+    per-layer params unrolled (faster decode off TPU); None takes `default_scan_layers()`.
     With a mesh, each tensor goes straight onto its NamedSharding as it is read (host memory peaks near the
     largest tensor, not the checkpoint)."""
     folder = Path(path)
@@ -123,19 +137,24 @@ def load(path: str | Path, dtype: str = "float32", tokenizer: bool = True, scan_
         raise FileNotFoundError(f"model folder {folder} does not exist (Hub ids are not fetched here: download "
                                 "the checkpoint first, e.g. with `huggingface-cli download`).")
     cfg = ModelConfig.from_pretrained(folder)
+    scan_layers = default_scan_layers() if scan_layers is None else scan_layers
     shardings = None
     if mesh is not None:
         from selfguard_jax.sharding import param_shardings
 
-        shardings = param_shardings(cfg, mesh)
+        shardings = param_shardings(cfg, mesh, stacked=scan_layers)
     if checkpoint.is_orbax_folder(folder):
-        params = checkpoint.restore_orbax(folder, cfg, dtype, shardings)
+        stacked = None if shardings is None else param_shardings(cfg, mesh)
+        params = checkpoint.restore_orbax(folder, cfg, dtype, stacked)
+        if not scan_layers:
+            params = unstack_layers(params)
+            params = params if shardings is None else jax.tree.map(jax.device_put, params, shardings)
     else:
         place = None if shardings is None else (
-            lambda p, a: jax.device_put(a, shardings[p[0]] if len(p) == 1 else shardings["layers"][p[1]]))
-        params = checkpoint.load_params(folder, cfg, dtype, place)
+            lambda p, a: jax.device_put(a, functools.reduce(lambda node, key: node[key], p, shardings)))
+        params = checkpoint.load_params(folder, cfg, dtype, place, per_layer=not scan_layers)
     tok = load_tokenizer(folder) if tokenizer else None
-    return LM(config=cfg, params=params, tokenizer=tok, path=str(folder), scan_layers=scan_layers, mesh=mesh)
+    return LM(config=cfg, params=params, tokenizer=tok, path=str(folder), mesh=mesh)
 
 
 def load_tokenizer(folder: str | Path) -> Any:

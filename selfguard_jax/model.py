@@ -1,8 +1,11 @@
 """The decoder-only transformer (Llama, Qwen2, Qwen3, Mistral) over stacked per-layer params.
 
-Params are a plain nested dict; every per-layer leaf is stacked on a leading layer axis [L, ...], the layout
-`checkpoint.py` writes. `forward` is the pure function everything else calls; `Transformer` is the linen
-module that declares the same params (shapes, dtypes, init) and delegates to it.
+Params are a plain nested dict. `params["layers"]` comes in two layouts: stacked, a dict whose leaves carry a
+leading layer axis [L, ...] (the layout `checkpoint.py` reads and writes; the blocks run under `lax.scan`), or
+per-layer, a tuple of L dicts of plain arrays (the blocks run unrolled). A scanned step slices each block's
+weights out of the stacked arrays, which XLA:CPU and XLA:GPU materialise as a copy every step, so decode there
+is faster per-layer (benchmarks/BENCHMARKS.md); compile time is the price. `forward` is the pure function
+everything else calls; `Transformer` is the linen module that declares the stacked params and delegates to it.
 """
 
 from __future__ import annotations
@@ -22,15 +25,22 @@ NEG_INF = float(jnp.finfo(jnp.float32).min)
 
 @struct.dataclass
 class KVCache:
-    """Keys and values for every layer, [L, B, S, K, H]; slot s of every row is written at the same step."""
+    """Keys and values for every layer in the layout of the layer params: [L, B, K, S, H] arrays when stacked,
+    tuples of L [B, K, S, H] arrays when per-layer. Slot s of every row is written at the same step; the slot
+    axis sits next to the head dim so attention reads each head's keys contiguously, with no transpose."""
 
-    k: jax.Array
-    v: jax.Array
+    k: Any
+    v: Any
 
     @classmethod
-    def zeros(cls, cfg: ModelConfig, batch: int, length: int, dtype: Any) -> "KVCache":
-        shape = (cfg.num_layers, batch, length, cfg.num_kv_heads, cfg.head_dim)
-        return cls(k=jnp.zeros(shape, dtype), v=jnp.zeros(shape, dtype))
+    def from_prefill(cls, kv: "KVCache", length: int) -> "KVCache":
+        """A cache of `length` slots holding a prefill's keys/values in its first slots (the rest zero)."""
+        def grow(a):
+            pad = [(0, 0)] * a.ndim
+            pad[-2] = (0, length - a.shape[-2])
+            return jnp.pad(a, pad)
+
+        return jax.tree.map(grow, kv)
 
 
 class SteerInput(NamedTuple):
@@ -67,16 +77,16 @@ def apply_rope(x_BTNH: jax.Array, cos_BTH: jax.Array, sin_BTH: jax.Array) -> jax
     return x_BTNH * cos_BTH[:, :, None, :] + rotated * sin_BTH[:, :, None, :]
 
 
-def attention(q_BTNH: jax.Array, k_BSKH: jax.Array, v_BSKH: jax.Array, mask_BTS: jax.Array) -> jax.Array:
+def attention(q_BTNH: jax.Array, k_BKSH: jax.Array, v_BKSH: jax.Array, mask_BTS: jax.Array) -> jax.Array:
     """Grouped-query attention; scores and softmax in float32, probabilities cast back for the value product."""
     B, T, N, H = q_BTNH.shape
-    K = k_BSKH.shape[2]
+    K = k_BKSH.shape[1]
     q_BTKGH = q_BTNH.reshape(B, T, K, N // K, H)
-    scores = jnp.einsum("btkgh,bskh->bkgts", q_BTKGH, k_BSKH, preferred_element_type=jnp.float32)
+    scores = jnp.einsum("btkgh,bksh->bkgts", q_BTKGH, k_BKSH, preferred_element_type=jnp.float32)
     scores = scores * (H ** -0.5)
     scores = jnp.where(mask_BTS[:, None, None, :, :], scores, NEG_INF)
-    probs = jax.nn.softmax(scores, axis=-1).astype(v_BSKH.dtype)
-    out = jnp.einsum("bkgts,bskh->btkgh", probs, v_BSKH)
+    probs = jax.nn.softmax(scores, axis=-1).astype(v_BKSH.dtype)
+    out = jnp.einsum("bkgts,bksh->btkgh", probs, v_BKSH)
     return out.reshape(B, T, N, H)
 
 
@@ -84,7 +94,8 @@ def block(cfg: ModelConfig, lp: Params, x_BTD: jax.Array, cos: jax.Array, sin: j
           kv_in: tuple[jax.Array, jax.Array] | None, write_index: jax.Array | None):
     """One decoder block. Without kv_in it attends over its own keys; with it, writes them at write_index first.
 
-    Returns the block output and this block's (k, v): the new tokens' keys without a cache, the updated cache with.
+    Returns the block output and this block's (k, v) [B, K, S, H]: the new tokens' keys without a cache, the
+    updated cache with.
     """
     h = rms_norm(x_BTD, lp["attn_norm"], cfg.rms_norm_eps)
     q = jnp.einsum("btd,dnh->btnh", h, lp["q"])
@@ -96,16 +107,18 @@ def block(cfg: ModelConfig, lp: Params, x_BTD: jax.Array, cos: jax.Array, sin: j
         q = rms_norm(q, lp["q_norm"], cfg.rms_norm_eps)
         k = rms_norm(k, lp["k_norm"], cfg.rms_norm_eps)
     q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+    k_BKTH, v_BKTH = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)
     if kv_in is None:
-        keys, values = k, v
-        kv_out = (k, v)
+        keys, values = k_BKTH, v_BKTH
     else:
-        idx = (0, write_index, 0, 0)
-        keys = jax.lax.dynamic_update_slice(kv_in[0], k.astype(kv_in[0].dtype), idx)
-        values = jax.lax.dynamic_update_slice(kv_in[1], v.astype(kv_in[1].dtype), idx)
-        kv_out = (keys, values)
-    attn = attention(q, keys, values, mask_BTS)
-    out = jnp.einsum("btnh,nhd->btd", attn, lp["o"])
+        idx = (0, 0, write_index, 0)
+        keys = jax.lax.dynamic_update_slice(kv_in[0], k_BKTH.astype(kv_in[0].dtype), idx)
+        values = jax.lax.dynamic_update_slice(kv_in[1], v_BKTH.astype(kv_in[1].dtype), idx)
+    kv_out = (keys, values)
+    attn_BTNH = attention(q, keys, values, mask_BTS)
+    B, T, N, H = attn_BTNH.shape
+    # one [B*T, N*H] x [N*H, D] product: XLA:CPU transposed the [N, H, D] weight (a copy every step) otherwise
+    out = jnp.einsum("btx,xd->btd", attn_BTNH.reshape(B, T, N * H), lp["o"].reshape(N * H, -1))
     if cfg.o_bias:
         out = out + lp["o_bias"]
     x_BTD = x_BTD + out
@@ -125,8 +138,10 @@ def forward(params: Params, cfg: ModelConfig, tokens_BT: jax.Array, positions_BT
 
     mask_BTS[b, t, s] says whether query t of row b may attend to key s: over the T tokens themselves when
     `cache` is None, else over the cache slots (the new tokens are written at `write_index` first).
-    With `return_kv` and no cache, kv holds this call's keys/values [L, B, T, K, H] (for a prefill).
+    With `return_kv` and no cache, kv holds this call's keys/values (for a prefill), in the cache layout.
     `last_logits_only` computes logits [B, 1, V] for the last position only (a prefill needs no more).
+    Per-layer params always run unrolled; stacked params run under `lax.scan` unless `scan_layers` is False
+    (then each block's weights are static slices, which training prefers).
     """
     if cfg.sliding_window is not None and mask_BTS.shape[-1] > cfg.sliding_window:
         raise ValueError(f"sequence length {mask_BTS.shape[-1]} exceeds the sliding window {cfg.sliding_window} "
@@ -146,7 +161,24 @@ def forward(params: Params, cfg: ModelConfig, tokens_BT: jax.Array, positions_BT
             x = x + (steer.gate_BT[:, :, None] * add_D[None, None, :]).astype(x.dtype)
         return block(cfg, lp, x, cos, sin, mask_BTS, kv_in, write_index)
 
-    if scan_layers:
+    per_layer = not layers_are_stacked(params)
+    if per_layer or not scan_layers:
+        kvs, caps = [], []
+        for i in range(L):
+            lp = params["layers"][i] if per_layer else jax.tree.map(lambda a: a[i], params["layers"])
+            kv_in = None if cache is None else (cache.k[i], cache.v[i])
+            x, kv = layer(x, lp, None if add_LD is None else add_LD[i], kv_in)
+            kvs.append(kv)
+            caps.append(pick(x) if capture else None)
+        captured = jnp.stack(caps) if capture else None
+        if cache is not None:
+            kv = _with_layers(cache, kvs)
+        elif return_kv:
+            kv = KVCache(k=tuple(k for k, _ in kvs), v=tuple(v for _, v in kvs))
+            kv = kv if per_layer else KVCache(k=jnp.stack(kv.k), v=jnp.stack(kv.v))
+        else:
+            kv = None
+    else:
         def body(carry, xs):
             x, kc, vc = carry
             lp, add_D, i = xs
@@ -162,32 +194,46 @@ def forward(params: Params, cfg: ModelConfig, tokens_BT: jax.Array, positions_BT
 
         init = (x, None, None) if cache is None else (x, cache.k, cache.v)
         (x, kc, vc), (ks, vs, captured) = jax.lax.scan(body, init, (params["layers"], add_LD, jnp.arange(L)))
-    else:
-        kc, vc = (None, None) if cache is None else (cache.k, cache.v)
-        ks_list, vs_list, cap_list = [], [], []
-        for i in range(L):
-            lp = jax.tree.map(lambda a: a[i], params["layers"])
-            kv_in = None if kc is None else (kc[i], vc[i])
-            x, (k, v) = layer(x, lp, None if add_LD is None else add_LD[i], kv_in)
-            if kc is not None:
-                kc, vc = kc.at[i].set(k), vc.at[i].set(v)
-            else:
-                ks_list.append(k), vs_list.append(v)
-            cap_list.append(pick(x))
-        ks = jnp.stack(ks_list) if ks_list and return_kv else None
-        vs = jnp.stack(vs_list) if vs_list and return_kv else None
-        captured = jnp.stack(cap_list) if capture else None
+        kv = KVCache(k=kc, v=vc) if cache is not None else KVCache(k=ks, v=vs) if return_kv else None
 
-    if cache is not None:
-        kv = KVCache(k=kc, v=vc)
-    else:
-        kv = KVCache(k=ks, v=vs) if return_kv else None
     if last_logits_only:
         x = x[:, -1:]
     x = rms_norm(x, params["final_norm"], cfg.rms_norm_eps)
     head = params["embed"].T if cfg.tie_word_embeddings else params["lm_head"]
     logits = jnp.einsum("btd,dv->btv", x, head, preferred_element_type=jnp.float32)
     return Output(logits, kv, captured)
+
+
+def _with_layers(cache: KVCache, kvs: list[tuple[jax.Array, jax.Array]]) -> KVCache:
+    """The cache with every layer's slab replaced: a new tuple when per-layer, in-place updates when stacked."""
+    if isinstance(cache.k, tuple):
+        return KVCache(k=tuple(k for k, _ in kvs), v=tuple(v for _, v in kvs))
+    kc, vc = cache.k, cache.v
+    for i, (k, v) in enumerate(kvs):
+        kc, vc = kc.at[i].set(k), vc.at[i].set(v)
+    return KVCache(k=kc, v=vc)
+
+
+def layers_are_stacked(params: Params) -> bool:
+    """Whether `params["layers"]` is the stacked layout (a dict of [L, ...] arrays) or per-layer (a tuple)."""
+    return isinstance(params["layers"], dict)
+
+
+def unstack_layers(params: Params) -> Params:
+    """The per-layer layout: `params["layers"]` as a tuple of L dicts (the same arrays, sliced)."""
+    if not layers_are_stacked(params):
+        return params
+    stacked = params["layers"]
+    L = next(iter(stacked.values())).shape[0]
+    return params | {"layers": tuple({k: a[i] for k, a in stacked.items()} for i in range(L))}
+
+
+def stack_layers(params: Params) -> Params:
+    """The stacked layout, the one checkpoints are written in."""
+    if layers_are_stacked(params):
+        return params
+    layers = params["layers"]
+    return params | {"layers": {k: jnp.stack([lp[k] for lp in layers]) for k in layers[0]}}
 
 
 def param_shapes(cfg: ModelConfig) -> Params:

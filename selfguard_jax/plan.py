@@ -48,7 +48,7 @@ def plan(cfg: ModelConfig, data: int, model: int, batch: int, max_len: int, dtyp
     shapes = param_shapes(cfg)
     elems = sum(_split(s, PARAM_AXES[k], mesh) for k, s in shapes.items() if k != "layers")
     elems += sum(_split(s, PARAM_AXES[k], mesh) for k, s in shapes["layers"].items())
-    cache_shape = (cfg.num_layers, batch, max_len, cfg.num_kv_heads, cfg.head_dim)
+    cache_shape = (cfg.num_layers, batch, cfg.num_kv_heads, max_len, cfg.head_dim)
     cache = 2 * _split(cache_shape, CACHE_AXES, mesh) * dtype_bytes
     rows = batch / data
     vocab = cfg.vocab_size / model if cfg.vocab_size % model == 0 else cfg.vocab_size

@@ -13,7 +13,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from selfguard_jax.config import ModelConfig
-from selfguard_jax.model import param_shapes
+from selfguard_jax.model import layers_are_stacked, param_shapes
 
 log = logging.getLogger(__name__)
 
@@ -29,7 +29,7 @@ PARAM_AXES = {
     "v_bias": (None, "kv_heads", None), "o_bias": (None, None),
     "gate": (None, None, "mlp"), "up": (None, None, "mlp"), "down": (None, "mlp", None),
 }
-CACHE_AXES = (None, "batch", None, "kv_heads", None)  # [L, B, S, K, H]
+CACHE_AXES = (None, "batch", "kv_heads", None, None)  # [L, B, K, S, H]
 
 
 def make_mesh(data: int | None = None, model: int = 1, devices=None) -> Mesh:
@@ -55,25 +55,24 @@ def spec_for(shape: tuple[int, ...], axes: tuple[str | None, ...], mesh: Mesh, n
     return P(*out)
 
 
-def param_shardings(cfg: ModelConfig, mesh: Mesh) -> dict:
-    """NamedSharding for every param, in the nested params layout."""
+def param_shardings(cfg: ModelConfig, mesh: Mesh, stacked: bool = True) -> dict:
+    """NamedSharding for every param, in the nested params layout: stacked, or per-layer (a tuple of dicts)."""
     def one(name, shape):
         return NamedSharding(mesh, spec_for(shape, PARAM_AXES[name], mesh, name))
 
     shapes = param_shapes(cfg)
     out = {k: one(k, v) for k, v in shapes.items() if k != "layers"}
-    out["layers"] = {k: one(k, v) for k, v in shapes["layers"].items()}
+    layers = {k: one(k, v) for k, v in shapes["layers"].items()}
+    per_layer = {k: NamedSharding(mesh, P(*s.spec[1:])) for k, s in layers.items()}
+    out["layers"] = layers if stacked else tuple(per_layer for _ in range(cfg.num_layers))
     return out
 
 
 def shard_params(params: dict, cfg: ModelConfig, mesh: Mesh) -> dict:
-    return jax.tree.map(jax.device_put, params, param_shardings(cfg, mesh))
+    return jax.tree.map(jax.device_put, params, param_shardings(cfg, mesh, layers_are_stacked(params)))
 
 
 def batch_sharding(mesh: Mesh, ndim: int) -> NamedSharding:
     """Rows over `data`, everything else replicated."""
     return NamedSharding(mesh, P("data", *([None] * (ndim - 1))))
 
-
-def cache_sharding(cfg: ModelConfig, mesh: Mesh, shape: tuple[int, ...]) -> NamedSharding:
-    return NamedSharding(mesh, spec_for(shape, CACHE_AXES, mesh, "kv_cache"))

@@ -11,7 +11,7 @@ BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
 
 @pytest.mark.parametrize("script,args", [
     ("bench_decode.py", ["--shape", "tiny", "--batches", "2", "--new", "8", "--prompt-len", "8"]),
-    ("bench_saferemind.py", ["--shape", "tiny", "--prompts", "2", "--new", "8", "--prompt-len", "8"]),
+    ("bench_saferemind.py", ["--shape", "tiny", "--prompts", "2", "--new", "8", "--prompt-len", "8", "--repeats", "1"]),
     ("bench_extract.py", ["--shape", "tiny", "--pairs", "4", "--batch-size", "4"]),
     ("bench_forward.py", ["--shape", "tiny", "--batch", "2", "--seq", "8", "--new", "4"]),
 ])

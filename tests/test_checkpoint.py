@@ -14,6 +14,7 @@ import selfguard_jax as sgj
 from selfguard_jax import checkpoint
 from selfguard_jax.config import ConfigError, ModelConfig
 from test_parity import hf_run, ragged_batch
+from tiny_models import save_hf_model
 
 
 def tree_equal(a, b):
@@ -21,10 +22,16 @@ def tree_equal(a, b):
     return len(la) == len(lb) and all(np.array_equal(np.asarray(x), np.asarray(y)) for x, y in zip(la, lb))
 
 
-@pytest.mark.parametrize("name", ["qwen2_tied", "qwen3_headdim", "llama3_rope"])
-def test_hf_roundtrip_bit_exact(hf_dirs, tmp_path, name):
+@pytest.mark.parametrize("name,scan_layers,one_layer", [
+    ("qwen2_tied", True, False), ("qwen3_headdim", False, False), ("llama3_rope", True, False),
+    ("qwen3_headdim", True, True), ("mistral_gqa", False, True)])
+def test_hf_roundtrip_bit_exact(hf_dirs, tmp_path, name, scan_layers, one_layer):
+    """Both param layouts; a one-layer model too (its layer keys are single keys, still stacked)."""
     folder, model = hf_dirs[name]
-    lm = sgj.load(folder)
+    if one_layer:
+        folder = tmp_path / "one"
+        model = save_hf_model(name, folder, num_hidden_layers=1)
+    lm = sgj.load(folder, scan_layers=scan_layers)
     out = checkpoint.export_hf(lm.params, lm.config, tmp_path / "out")
     src, dst = load_file(folder / "model.safetensors"), load_file(out / "model.safetensors")
     tied = lm.config.tie_word_embeddings
@@ -36,11 +43,12 @@ def test_hf_roundtrip_bit_exact(hf_dirs, tmp_path, name):
     assert torch.equal(hf_run(back, ids, mask).logits, hf_run(model, ids, mask).logits)
 
 
-def test_orbax_roundtrip_bit_exact(hf_dirs, tmp_path):
+@pytest.mark.parametrize("scan_layers", [True, False])
+def test_orbax_roundtrip_bit_exact(hf_dirs, tmp_path, scan_layers):
     folder, _ = hf_dirs["qwen3_headdim"]
-    lm = sgj.load(folder)
+    lm = sgj.load(folder, scan_layers=scan_layers)
     checkpoint.save_orbax(lm.params, lm.config, tmp_path / "ob")
-    again = sgj.load(tmp_path / "ob")
+    again = sgj.load(tmp_path / "ob", scan_layers=scan_layers)
     assert again.config == lm.config
     assert tree_equal(again.params, lm.params)
 

@@ -49,19 +49,30 @@ def test_eager_twin_equals_jit(hf_dirs):
     np.testing.assert_allclose(np.array(a.entropy), np.array(b.entropy), atol=1e-5)
 
 
-def test_decode_loop_updates_the_cache_in_place(hf_dirs):
-    """The compiled decode program holds no copy of a whole KV-cache buffer: each step writes one slot in place."""
+@pytest.mark.parametrize("scan_layers", [True, False])
+def test_decode_loop_updates_the_cache_in_place(hf_dirs, scan_layers):
+    """The compiled decode program holds no copy of a whole KV-cache buffer: each step writes one slot in place.
+    Per-layer params are read where they lie: no op of the loop produces an array of a weight's shape."""
+    import re
+
     import jax
     import jax.numpy as jnp
 
     folder, _ = hf_dirs["mistral_gqa"]
-    lm = sgj.load(folder)
-    B, T, N = 4, 16, 32
-    static = decode.DecodeStatic(max_new_tokens=N)
+    lm = sgj.load(folder, scan_layers=scan_layers)
+    assert lm.scan_layers == scan_layers
+    B, T, N = 3, 16, 32  # B * T must not equal a weight dimension, or prefill activations look like weights
+    static = decode.DecodeStatic(max_new_tokens=N, scan_layers=scan_layers)
     inp = decode._inputs(lm, B, B, 0.0, 1.0, None, None, None, None)
     ids = jnp.ones((B, T), jnp.int32)
     hlo = decode._decode_jit.lower(lm.params, lm.config, static, inp, ids, ids, jax.random.PRNGKey(0)).compile().as_text()
     c = lm.config
-    cache = f"f32[{c.num_layers},{B},{T + N},{c.num_kv_heads},{c.head_dim}]"
+    slab = f"{B},{c.num_kv_heads},{T + N},{c.head_dim}"
+    cache = f"f32[{c.num_layers},{slab}]" if scan_layers else f"f32[{slab}]"
     assert cache in hlo, "the cache shape must appear for the check to mean anything"
     assert not [line for line in hlo.splitlines() if " copy(" in line and cache in line]
+    if not scan_layers:
+        weights = {f"f32[{','.join(map(str, a.shape))}]" for a in jax.tree.leaves(lm.params["layers"]) if a.ndim >= 2}
+        made = [m.group(0) for line in hlo.splitlines() if (m := re.search(r"= (f32\[[0-9,]+\])\{[^}]*\} ([a-z-]+)\(", line))
+                and m.group(1) in weights and m.group(2) not in ("parameter", "get-tuple-element", "bitcast", "tuple")]
+        assert weights and not made, made

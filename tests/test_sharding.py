@@ -46,11 +46,15 @@ def test_mesh_equals_single_device(folder, shape):
     np.testing.assert_allclose(np.concatenate(a.entropy), np.concatenate(b.entropy), atol=1e-4)
 
 
-def test_params_land_on_their_shardings(folder):
+@pytest.mark.parametrize("scan_layers", [True, False])
+def test_params_land_on_their_shardings(folder, scan_layers):
     mesh = sharding.make_mesh(2, 4)
-    lm = sgj.load(folder, mesh=mesh)
-    q = lm.params["layers"]["q"]
-    assert q.sharding.spec == jax.sharding.PartitionSpec(None, None, "model", None)
-    assert lm.params["layers"]["attn_norm"].sharding.is_fully_replicated
+    lm = sgj.load(folder, mesh=mesh, scan_layers=scan_layers)
+    layers = lm.params["layers"] if scan_layers else lm.params["layers"][-1]
+    lead = (None,) if scan_layers else ()
+    assert layers["q"].sharding.spec == jax.sharding.PartitionSpec(*lead, None, "model", None)
+    assert layers["attn_norm"].sharding.is_fully_replicated
+    resharded = sgj.load(folder, scan_layers=scan_layers).with_mesh(mesh)
+    assert jax.tree.map(lambda a: a.sharding, resharded.params) == jax.tree.map(lambda a: a.sharding, lm.params)
     with pytest.raises(ValueError, match="needs 6 devices"):
         sharding.make_mesh(3, 2)
