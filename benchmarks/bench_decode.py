@@ -84,7 +84,7 @@ def main() -> None:
         "first batch s", "prefill s"] + ([] if args.no_torch else ["torch prefill s"]) + [
         "decode tok/s", "roofline tok/s", "roofline %"]
     print(f"\n## decode, shape {args.shape}, prompt {args.prompt_len}, {args.new} new tokens, "
-          f"{'scan' if lm.scan_layers else 'per-layer'} layers\n")
+          f"{'scanned' if lm.scan_layers else 'unrolled per-layer'} blocks\n")
     print(table(rows, cols))
 
 

@@ -9,7 +9,7 @@ import sys
 def cmd_convert(args: argparse.Namespace) -> None:
     from selfguard_jax import checkpoint, lm
 
-    model = lm.load(args.hf_dir, dtype=args.dtype, tokenizer=False)
+    model = lm.load(args.hf_dir, dtype=args.dtype, tokenizer=False, scan_layers=True)  # the layout written
     if args.format == "orbax":
         out = checkpoint.save_orbax(model.params, model.config, args.out_dir, tokenizer_from=args.hf_dir)
     else:

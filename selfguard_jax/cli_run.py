@@ -23,6 +23,19 @@ def add_sampling(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    add_layer_loop(p)
+
+
+def add_layer_loop(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--layer-loop", default="auto", choices=["auto", "scan", "unrolled"],
+                   help="auto: scan on TPU, unrolled per-layer params elsewhere (faster decode, longer compile)")
+
+
+def load_model(args: argparse.Namespace):
+    from selfguard_jax import lm as lm_mod
+
+    scan = {"auto": None, "scan": True, "unrolled": False}[args.layer_loop]
+    return lm_mod.load(args.model, dtype=args.dtype, scan_layers=scan)
 
 
 def add_defense(p: argparse.ArgumentParser) -> None:
@@ -89,12 +102,12 @@ def warn_oversteer(path: str, vectors, recipe) -> None:
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
-    from selfguard_jax import batch_io, lm as lm_mod
+    from selfguard_jax import batch_io
 
     records, errors = batch_io.read_prompts(args.prompts)
     for e in errors:
         print(f"skipped {e}", file=sys.stderr)
-    lm = lm_mod.load(args.model, dtype=args.dtype)
+    lm = load_model(args)
     recipe = recipe_from_args(args)
     needs_tok = args.chat or recipe.remind or any("prompt" in r and "input_ids" not in r for r in records)
     if needs_tok and lm.tokenizer is None:
@@ -144,11 +157,11 @@ def _require_tokenizer(lm, what: str):
 
 
 def cmd_extract(args: argparse.Namespace) -> int:
-    from selfguard_jax import chat, extract, lm as lm_mod
+    from selfguard_jax import chat, extract
     from selfguard_jax.prompts import SELF_REMINDER_SYSTEM, SUFFIX_PRESETS
     from selfguard_jax.vector_files import VectorMeta, save_vectors
 
-    lm = lm_mod.load(args.model, dtype=args.dtype)
+    lm = load_model(args)
     _require_tokenizer(lm, "extract")
     questions = _questions(args.questions)
     suffix = SUFFIX_PRESETS[args.suffix]
@@ -172,9 +185,9 @@ def cmd_extract(args: argparse.Namespace) -> int:
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
-    from selfguard_jax import lm as lm_mod, recipes, sweep
+    from selfguard_jax import recipes, sweep
 
-    lm = lm_mod.load(args.model, dtype=args.dtype)
+    lm = load_model(args)
     _require_tokenizer(lm, "sweep")
     vectors = load_vectors_any(args.vector, lm)
     recipe = recipes.get_recipe(args.recipe)
@@ -244,6 +257,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
                    help="Self-Reminder user suffix preset")
     e.add_argument("--batch-size", type=int, default=16)
     e.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    add_layer_loop(e)
     e.set_defaults(fn=cmd_extract)
 
     w = sub.add_parser("sweep", help="refusal on harmful and benign sets over a grid of layers and alphas")

@@ -119,8 +119,9 @@ class LM:
 
 
 def default_scan_layers() -> bool:
-    """Scan the blocks on TPU, where each block's weight slice fuses into its matmuls; elsewhere (CPU, GPU) the
-    slice is a copy of the block's weights every decode step, so the blocks run unrolled over per-layer params."""
+    """Scan the blocks on TPU, where each block's weight slice fuses into its matmuls. Elsewhere run them
+    unrolled over per-layer params: on CPU the slice is a copy of the block's weights every decode step
+    (measured), and on GPU whether it is depends on XLA's dynamic-slice fusion; per-layer params never copy."""
     return jax.devices()[0].platform == "tpu"
 
 

@@ -1,10 +1,10 @@
-"""The decoder-only transformer (Llama, Qwen2, Qwen3, Mistral) over stacked per-layer params.
+"""The decoder-only transformer (Llama, Qwen2, Qwen3, Mistral) as a pure function over nested params.
 
 Params are a plain nested dict. `params["layers"]` comes in two layouts: stacked, a dict whose leaves carry a
 leading layer axis [L, ...] (the layout `checkpoint.py` reads and writes; the blocks run under `lax.scan`), or
 per-layer, a tuple of L dicts of plain arrays (the blocks run unrolled). A scanned step slices each block's
-weights out of the stacked arrays, which XLA:CPU and XLA:GPU materialise as a copy every step, so decode there
-is faster per-layer (benchmarks/BENCHMARKS.md); compile time is the price. `forward` is the pure function
+weights out of the stacked arrays, which XLA:CPU materialises as a copy every step, so decode there is about
+2x faster per-layer (BENCHMARKS.md); compile time is the price. `forward` is the pure function
 everything else calls; `Transformer` is the linen module that declares the stacked params and delegates to it.
 """
 

@@ -33,6 +33,7 @@ class EvalConfig:
     recipes: list[Any]
     out_dir: str = "runs/eval"
     dtype: str = "float32"
+    scan_layers: bool | None = None  # None: scan on TPU, unrolled per-layer params elsewhere
     vector: str | None = None
     extract: dict | None = None
     generation: dict = dataclasses.field(default_factory=dict)
@@ -114,7 +115,7 @@ def generate_stage(cfg: EvalConfig, lm=None) -> dict[str, dict]:
         # each process meshes its own local devices and decodes its own slice of rows: no cross-host
         # collectives in the decode loop, so hosts never wait on each other
         mesh = make_mesh(**cfg.mesh, devices=jax.local_devices()) if cfg.mesh else None
-        lm = lm_mod.load(cfg.model, dtype=cfg.dtype, mesh=mesh)
+        lm = lm_mod.load(cfg.model, dtype=cfg.dtype, mesh=mesh, scan_layers=cfg.scan_layers)
     if lm.tokenizer is None:
         raise ValueError(f"{cfg.model} has no tokenizer; evaluation needs text prompts and a chat template.")
     out = Path(cfg.out_dir)
