@@ -52,6 +52,10 @@ def test_generate_cli_text_and_jsonl(chat_model_dir, tmp_path, capsys):
     assert cli.main(["generate", "--model", str(chat_model_dir), "--prompts", str(text_file),
                      "--out", str(tmp_path / "t.jsonl"), "--max-new-tokens", "5"]) == 0
     assert len((tmp_path / "t.jsonl").read_text().splitlines()) == 2
+    assert cli.main(["generate", "--model", str(chat_model_dir), "--prompts", str(text_file), "--layer-loop", "scan",
+                     "--out", str(tmp_path / "s.jsonl"), "--max-new-tokens", "5"]) == 0
+    ids = lambda f: [json.loads(x)["generated_ids"] for x in (tmp_path / f).read_text().splitlines()]
+    assert ids("s.jsonl") == ids("t.jsonl")  # the scanned and the unrolled loop agree
 
 
 def test_bad_generate_inputs(chat_model_dir):
