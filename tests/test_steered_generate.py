@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 import selfguard_jax as sgj
+from selfguard_jax.model import stack_layers, unstack_layers
 from selfguard_jax.reminder import Reminder
 from tiny_models import save_hf_model
 from torch_reference import PreHookSteering, reference_generate
@@ -77,8 +78,13 @@ def test_conditional_mode_is_decided_per_row(setup):
     assert (proj > threshold).any() and (proj <= threshold).any()
 
 
-def test_selfguard_plus_saferemind_in_one_call(setup):
+@pytest.mark.parametrize("scan_layers", [False, True])
+def test_selfguard_plus_saferemind_in_one_call(setup, scan_layers):
+    """Both layer layouts (scanned stacked params, unrolled per-layer params) against the PyTorch reference."""
     lm, model, vecs = setup
+    layout = stack_layers if scan_layers else unstack_layers
+    lm = dataclasses.replace(lm, params=layout(lm.params))
+    assert lm.scan_layers == scan_layers
     ents = np.concatenate([run_reference(model, vecs, p, "all")[1][:16] for p in PROMPTS])  # steered entropies
     rem = Reminder(token_ids=[100, 101, 102, 103], boundary_ids=list(range(211)), think_end_ids=[9],
                    threshold=float(np.quantile(ents, 0.6)) + 1e-3, max_reminders=2, max_think_tokens=16,
