@@ -137,6 +137,8 @@ def load(path: str | Path, dtype: str = "float32", tokenizer: bool = True, scan_
     if not folder.is_dir():
         raise FileNotFoundError(f"model folder {folder} does not exist (Hub ids are not fetched here: download "
                                 "the checkpoint first, e.g. with `huggingface-cli download`).")
+    if scan_layers not in (None, True, False):
+        raise ValueError(f"scan_layers must be True, False or None (the backend's default), got {scan_layers!r}.")
     cfg = ModelConfig.from_pretrained(folder)
     scan_layers = default_scan_layers() if scan_layers is None else scan_layers
     shardings = None

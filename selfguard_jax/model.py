@@ -162,6 +162,8 @@ def forward(params: Params, cfg: ModelConfig, tokens_BT: jax.Array, positions_BT
         return block(cfg, lp, x, cos, sin, mask_BTS, kv_in, write_index)
 
     per_layer = not layers_are_stacked(params)
+    if per_layer and len(params["layers"]) != L:
+        raise ValueError(f"params hold {len(params['layers'])} per-layer dicts but the config has {L} layers.")
     if per_layer or not scan_layers:
         kvs, caps = [], []
         for i in range(L):

@@ -1,5 +1,6 @@
 """HF -> sgj -> HF and orbax round trips are bit-exact; every bad checkpoint gets its clear error."""
 
+import dataclasses
 import json
 import shutil
 
@@ -58,6 +59,16 @@ def broken_copy(hf_dirs, tmp_path, name="mistral_gqa"):
     dst = tmp_path / "broken"
     shutil.copytree(folder, dst)
     return dst, load_file(dst / "model.safetensors")
+
+
+def test_bad_layer_layout_refused(hf_dirs):
+    folder, _ = hf_dirs["qwen2_tied"]
+    with pytest.raises(ValueError, match="scan_layers must be True, False or None"):
+        sgj.load(folder, scan_layers="scan")
+    lm = sgj.load(folder, scan_layers=False)
+    short = dataclasses.replace(lm, params=lm.params | {"layers": lm.params["layers"][:-1]})
+    with pytest.raises(ValueError, match="per-layer dicts but the config has"):
+        short.forward([[1, 2, 3]])
 
 
 def test_missing_tensor(hf_dirs, tmp_path):
