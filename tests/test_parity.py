@@ -55,3 +55,30 @@ def test_unrolled_equals_scan(hf_dirs):
     a = sgj.load(folder, scan_layers=True).forward(ids, mask)
     b = sgj.load(folder, scan_layers=False).forward(ids, mask)
     np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-5)
+
+
+def test_stacked_params_with_a_cache_agree_scanned_and_sliced(hf_dirs):
+    """Stacked params run under the scan or as static slices (training's choice); with a KV cache both write the
+    same slots and give the same logits as the per-layer layout."""
+    import jax.numpy as jnp
+
+    from selfguard_jax.model import KVCache, causal_mask, forward, positions_from_mask, unstack_layers
+
+    folder, _ = hf_dirs["mistral_gqa"]
+    lm = sgj.load(folder, scan_layers=True)
+    ids, mask = (jnp.asarray(a) for a in ragged_batch([5, 3], 5, "left"))
+    S = 8
+    outs = []
+    for params, scan in ((lm.params, True), (lm.params, False), (unstack_layers(lm.params), False)):
+        pre = forward(params, lm.config, ids, positions_from_mask(mask), causal_mask(mask), return_kv=True,
+                      scan_layers=scan)
+        cache = KVCache.from_prefill(pre.kv, S)
+        valid = jnp.zeros((2, S), bool).at[:, :5].set(mask.astype(bool)).at[:, 5].set(True)
+        step = forward(params, lm.config, jnp.array([[3], [4]]), jnp.sum(mask, 1, keepdims=True), valid[:, None],
+                       cache=cache, write_index=jnp.int32(5), scan_layers=scan)
+        k = jnp.stack(step.kv.k) if isinstance(step.kv.k, tuple) else step.kv.k
+        outs.append((np.asarray(step.logits_BTV), np.asarray(k)))
+    for logits, k in outs[1:]:
+        np.testing.assert_allclose(logits, outs[0][0], atol=1e-5)
+        np.testing.assert_allclose(k, outs[0][1], atol=1e-5)
+    assert np.abs(outs[0][1][:, :, :, 5]).max() > 0  # the new slot was written
