@@ -22,7 +22,8 @@ import numpy as np
 from flax import struct
 
 from selfguard_jax.buckets import bucket, pad_rows
-from selfguard_jax.model import ATTENTION_BLOCK, KVCache, SteerInput, decode_step, hidden_states, prefill
+from selfguard_jax.model import (ATTENTION_BLOCK, KVCache, SteerInput, block_cache, decode_step, hidden_states,
+                                 prefill, write_prompt)
 from selfguard_jax.reminder import Reminder, Thinking, no_reminder_params, token_budget, untracked_params
 from selfguard_jax.sampling import Sampler, SamplingParams, entropy_nats
 from selfguard_jax.splice import Emitted, ReminderParams, SpliceState, ThinkParams, advance
@@ -49,7 +50,7 @@ class DecodeStatic:
     conditional: bool = False
     scan_layers: bool = True
     progress: bool = False          # report finished requests to the host (one callback per finish, not per token)
-    filled_attention: bool = False  # blockwise attention over the filled cache blocks (model.attention_filled)
+    filled_attention: bool = False  # blockwise attention over the filled cache blocks (model.attention_blocks)
 
 
 @struct.dataclass
@@ -194,6 +195,8 @@ def _init(params, cfg, static: DecodeStatic, dp: DecodeParams, rq: Requests, ste
     req = jnp.arange(B)
     first = jnp.minimum(req, Q - 1)
     logits, cache = _prefill(params, cfg, static, dp, rq.ids_QT[first], rq.mask_QT[first], steer_Q[first], S)
+    if static.filled_attention and isinstance(cache.k, tuple) and S >= 2 * ATTENTION_BLOCK:
+        cache = block_cache(cache)  # every block its own buffer: the attention reads filled blocks in place
     return LoopState(
         step=jnp.int32(0), next_req=jnp.int32(min(B, Q)), req=req, t=jnp.zeros((B,), jnp.int32), done=req >= Q,
         logits=logits, cache=cache,
@@ -204,7 +207,7 @@ def _init(params, cfg, static: DecodeStatic, dp: DecodeParams, rq: Requests, ste
 
 def cache_length(n: int) -> int:
     """Cache slots for n positions: a whole number of attention blocks once the cache is long enough for the
-    blockwise attention (model.attention_filled), so a step reads only filled blocks."""
+    blockwise attention (model.attention_blocks), so a step reads only filled blocks."""
     return n if n < 2 * ATTENTION_BLOCK else -(-n // ATTENTION_BLOCK) * ATTENTION_BLOCK
 
 
@@ -216,8 +219,7 @@ def _refill(params, cfg, static: DecodeStatic, dp: DecodeParams, rq: Requests, s
         b, q = jnp.argmax(s.done), s.next_req
         logits, kv = _prefill(params, cfg, static, dp, rq.ids_QT[q][None], rq.mask_QT[q][None], steer_Q[q][None],
                               T)
-        cache = jax.tree.map(lambda c, n: jax.lax.dynamic_update_slice(
-            c, n.astype(c.dtype), (0,) * (c.ndim - 4) + (b, 0, 0, 0)), s.cache, kv)
+        cache = write_prompt(s.cache, kv, b)
         fresh = SpliceState.start(1, dp.think.track).replace(last=rq.ids_QT[q, -1][None])
         splice = jax.tree.map(lambda a, f: a.at[b].set(f[0]), s.splice, fresh)
         valid = jnp.zeros(s.kv_valid.shape[1], bool).at[:T].set(rq.mask_QT[q].astype(bool))
@@ -298,7 +300,8 @@ def generate(lm, prompts: Sequence[Sequence[int]], max_new_tokens: int | Sequenc
     prompt finishes (None: all at once); `reminder_rows` switches the reminder off for some prompts and
     `steering.row_scales` sets each prompt's strength, so one stream can mix recipes. A request's output does
     not depend on its slot or on the other requests (greedy, float32). `filled_attention` reads only the cache
-    blocks rows have filled (caches of 1,024+ slots); None turns it on off CPU only, where it measured slower.
+    blocks rows have filled (caches of 1,024+ slots); None turns it on except for scanned layers on CPU, where
+    XLA copies every block it slices out of the stacked cache.
     """
     static, dp, rq = _prepare(lm, prompts, max_new_tokens, temperature, top_p, top_k, steering, reminder, stop_ids,
                               think_end_ids, thinking, reminder_rows, slots, progress, filled_attention)
@@ -365,8 +368,8 @@ def _prepare(lm, prompts, max_new_tokens=None, temperature=0.0, top_p=1.0, top_k
     static = DecodeStatic(max_new_tokens=max(budgets), slots=B, sampler=Sampler.for_settings(temperature, top_p, top_k),
                           scan_layers=lm.scan_layers, steer_rule=None if steering is None else steering.rule,
                           conditional=steering is not None and steering.condition is not None,
-                          progress=progress, filled_attention=jax.devices()[0].platform != "cpu"
-                          if filled_attention is None else bool(filled_attention))
+                          progress=progress, filled_attention=bool(filled_attention) if filled_attention is not None
+                          else not lm.scan_layers or jax.devices()[0].platform != "cpu")
     return static, _params(cfg, temperature, top_p, steering, reminder, thinking, stop_ids), rq
 
 

@@ -13,6 +13,7 @@ through one fold, `_blocks`; `Transformer` is a linen module binding the same pa
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Callable, NamedTuple
 
 import flax.linen as nn
@@ -32,8 +33,8 @@ ATTENTION_BLOCK = 512  # cache slots a decode step reads at a time, on caches of
 @struct.dataclass
 class KVCache:
     """Keys and values for every layer in the layout of the layer params: [L, B, K, S, H] arrays when stacked,
-    tuples of L [B, K, S, H] arrays when per-layer. Slot s of every row is written at the same step; the slot
-    axis sits next to the head dim so attention reads each head's keys contiguously, with no transpose."""
+    tuples of L [B, K, S, H] arrays when per-layer, or tuples of L tuples of [B, K, block, H] arrays when cut into
+    blocks for the blockwise attention (`block_cache`). The slot axis sits next to the head dim so attention reads each head's keys contiguously, with no transpose."""
 
     k: Any
     v: Any
@@ -80,50 +81,94 @@ def attention(q_BTNH: jax.Array, k_BKSH: jax.Array, v_BKSH: jax.Array, mask_BTS:
     return out.reshape(B, T, N, H)
 
 
-def attention_filled(q_BTNH: jax.Array, k_BKSH: jax.Array, v_BKSH: jax.Array, mask_BTS: jax.Array,
-                     attend_len: jax.Array, k_new_BKTH: jax.Array, v_new_BKTH: jax.Array,
+def attention_blocks(q_BTNH: jax.Array, k_cache: Any, v_cache: Any, mask_BTS: jax.Array, attend_len: jax.Array,
                      block: int = ATTENTION_BLOCK) -> jax.Array:
-    """Attention of one new token per row over the cache's first `attend_len` slots (rounded up to a block, the
-    slots `mask_BTS` marks) and over its own key/value, which the caller writes into the cache afterwards: an
-    online softmax over blocks with a dynamic block count, so a decode step costs what the rows have filled, not
-    the preallocated length, and reading the cache never waits on this step's write."""
+    """Attention over the cache's first `attend_len` slots, rounded up to whole blocks, with an online softmax:
+    a block past the filled ones is skipped under `lax.cond`, so a step costs what rows have filled, not the
+    preallocated length. The cache is a tuple of [B, K, block, H] arrays (`block_cache`: each block a buffer of
+    its own, read in place) or one [B, K, S, H] array (each block a slice, which XLA may copy). A row's result
+    does not depend on how many blocks past its own filled ones are read: masked blocks leave the sums as they
+    are, bit for bit."""
     B, T, N, H = q_BTNH.shape
-    K, S = k_BKSH.shape[1], k_BKSH.shape[2]
-    block = min(block, S)
-    if S % block:
-        raise ValueError(f"a cache of {S} slots is not a whole number of {block}-slot blocks; size it with "
-                         "decode.cache_length.")
-    q_BTKGH = q_BTNH.reshape(B, T, K, N // K, H)
+    if isinstance(k_cache, tuple):
+        block, n = k_cache[0].shape[2], len(k_cache)
+    else:
+        n = k_cache.shape[2] // block
+        if k_cache.shape[2] % block:
+            raise ValueError(f"a cache of {k_cache.shape[2]} slots is not a whole number of {block}-slot blocks; "
+                             "size it with decode.cache_length.")
+    K = (k_cache[0] if isinstance(k_cache, tuple) else k_cache).shape[1]
+    G = N // K
+    q_BTKGH = q_BTNH.reshape(B, T, K, G, H)
 
-    def scores(k):
-        return jnp.einsum("btkgh,bksh->bkgts", q_BTKGH, k, preferred_element_type=jnp.float32) * (H ** -0.5)
+    def part(x, j: int) -> jax.Array:
+        return x[j] if isinstance(x, tuple) else x[:, :, j * block:(j + 1) * block]
 
-    def values(p, v):
-        return jnp.einsum("bkgts,bksh->bkgth", p.astype(v.dtype), v, preferred_element_type=jnp.float32)
-
-    def body(i, carry):
+    def update(j: int, carry):
         m, l, acc = carry
-        valid = jax.lax.dynamic_slice_in_dim(mask_BTS, i * block, block, axis=2)[:, None, None, :, :]
-        s = jnp.where(valid, scores(jax.lax.dynamic_slice_in_dim(k_BKSH, i * block, block, axis=2)), NEG_INF)
+        valid = mask_BTS[:, None, None, :, j * block:(j + 1) * block]
+        s = jnp.einsum("btkgh,bksh->bkgts", q_BTKGH, part(k_cache, j), preferred_element_type=jnp.float32)
+        s = jnp.where(valid, s * (H ** -0.5), NEG_INF)
         m_new = jnp.maximum(m, jnp.max(s, axis=-1))
         p = jnp.where(valid, jnp.exp(s - m_new[..., None]), 0.0)
         scale = jnp.exp(m - m_new)
-        v_blk = jax.lax.dynamic_slice_in_dim(v_BKSH, i * block, block, axis=2)
-        return m_new, l * scale + jnp.sum(p, axis=-1), acc * scale[..., None] + values(p, v_blk)
+        v = part(v_cache, j)
+        pv = jnp.einsum("bkgts,bksh->bkgth", p.astype(v.dtype), v, preferred_element_type=jnp.float32)
+        return m_new, l * scale + jnp.sum(p, axis=-1), acc * scale[..., None] + pv
 
-    G = N // K
-    init = (jnp.full((B, K, G, T), NEG_INF, jnp.float32), jnp.zeros((B, K, G, T), jnp.float32),
-            jnp.zeros((B, K, G, T, H), jnp.float32))
-    n_blocks = jnp.minimum((attend_len + block - 1) // block, S // block)
-    m, l, acc = jax.lax.fori_loop(0, n_blocks, body, init)
-    s_new = scores(k_new_BKTH)  # [B, K, G, T, T]: the new tokens attend to themselves (T = 1 in decode)
-    m_new = jnp.maximum(m, jnp.max(s_new, axis=-1))
-    p_new = jnp.exp(s_new - m_new[..., None])
-    scale = jnp.exp(m - m_new)
-    l = l * scale + jnp.sum(p_new, axis=-1)
-    acc = acc * scale[..., None] + values(p_new, v_new_BKTH)
-    out = (acc / l[..., None]).astype(v_BKSH.dtype)
-    return out.transpose(0, 3, 1, 2, 4).reshape(B, T, N, H)
+    carry = (jnp.full((B, K, G, T), NEG_INF, jnp.float32), jnp.zeros((B, K, G, T), jnp.float32),
+             jnp.zeros((B, K, G, T, H), jnp.float32))
+    n_used = (attend_len + block - 1) // block
+    carry = update(0, carry)
+    for j in range(1, n):
+        carry = jax.lax.cond(j < n_used, functools.partial(update, j), lambda c: c, carry)
+    _, l, acc = carry
+    dtype = (v_cache[0] if isinstance(v_cache, tuple) else v_cache).dtype
+    return (acc / l[..., None]).astype(dtype).transpose(0, 3, 1, 2, 4).reshape(B, T, N, H)
+
+
+def block_cache(cache: KVCache, block: int = ATTENTION_BLOCK) -> KVCache:
+    """A per-layer cache with each layer's [B, K, S, H] slab cut into S / block arrays of [B, K, block, H], so the
+    blockwise attention reads every block in place (a slice of one buffer is a copy on XLA:CPU)."""
+    if not isinstance(cache.k, tuple):
+        raise ValueError("only a per-layer cache (tuples of [B, K, S, H]) can be cut into blocks.")
+    S = cache.k[0].shape[2]
+    if S % block:
+        raise ValueError(f"a cache of {S} slots is not a whole number of {block}-slot blocks.")
+    cut = lambda a: tuple(a[:, :, j:j + block] for j in range(0, S, block))  # noqa: E731
+    return KVCache(k=tuple(map(cut, cache.k)), v=tuple(map(cut, cache.v)))
+
+
+def write_prompt(cache: KVCache, kv: KVCache, row: jax.Array) -> KVCache:
+    """The cache with one row's prompt keys/values (kv, [1, K, T, H] per layer, as `prefill` returns them) written
+    into row `row`, slots [0, T): a slot refilled with a new request."""
+    def put(c: jax.Array, n: jax.Array) -> jax.Array:
+        return jax.lax.dynamic_update_slice(c, n.astype(c.dtype), (0,) * (c.ndim - 4) + (row, 0, 0, 0))
+
+    if isinstance(cache.k, tuple) and isinstance(cache.k[0], tuple):  # blocked: the prompt spans the first blocks
+        block = cache.k[0][0].shape[2]
+
+        def spread(blocks: tuple, n: jax.Array) -> tuple:
+            T = n.shape[2]
+            return tuple(put(a, n[:, :, j * block:(j + 1) * block]) if j * block < T else a
+                         for j, a in enumerate(blocks))
+
+        return KVCache(k=tuple(map(spread, cache.k, kv.k)), v=tuple(map(spread, cache.v, kv.v)))
+    return jax.tree.map(put, cache, kv)
+
+
+def write_blocks(blocks: tuple, new_BKTH: jax.Array, index: jax.Array) -> tuple:
+    """A blocked cache slab with one new slot per row written at slot `index` (scalar or [B]) of the whole, in
+    place: each block takes the rows whose slot falls in it."""
+    B, block = new_BKTH.shape[0], blocks[0].shape[2]
+    index_B = jnp.broadcast_to(index, (B,))
+    rows = jnp.arange(B)
+    out = []
+    for j, a in enumerate(blocks):
+        local = index_B - j * block
+        local = jnp.where((local >= 0) & (local < block), local, block)  # out of range: dropped
+        out.append(a.at[rows, :, local].set(new_BKTH[:, :, 0].astype(a.dtype), mode="drop"))
+    return tuple(out)
 
 
 def write_slots(cache_BKSH: jax.Array, new_BKTH: jax.Array, index: jax.Array) -> jax.Array:
@@ -156,15 +201,18 @@ def block(cfg: ModelConfig, lp: Params, x_BTD: jax.Array, cos: jax.Array, sin: j
     if kv_in is None:
         keys, values = k_BKTH, v_BKTH
         attn_BTNH = attention(q, keys, values, mask_BTS)
-    elif attend_len is None or kv_in[0].shape[2] < 2 * ATTENTION_BLOCK:  # short caches: one fused attention
+    elif isinstance(kv_in[0], tuple):  # a blocked cache (block_cache)
+        keys = write_blocks(kv_in[0], k_BKTH, write_index)
+        values = write_blocks(kv_in[1], v_BKTH, write_index)
+        S = sum(a.shape[2] for a in keys)
+        attn_BTNH = attention_blocks(q, keys, values, mask_BTS, S if attend_len is None else attend_len)
+    else:
         keys = write_slots(kv_in[0], k_BKTH, write_index)
         values = write_slots(kv_in[1], v_BKTH, write_index)
-        attn_BTNH = attention(q, keys, values, mask_BTS)
-    else:  # read the cache as it was, then write this step's slot
-        written = jnp.arange(kv_in[0].shape[2])[None, None, :] == jnp.reshape(write_index, (-1, 1, 1))
-        attn_BTNH = attention_filled(q, kv_in[0], kv_in[1], mask_BTS & ~written, attend_len, k_BKTH, v_BKTH)
-        keys = write_slots(kv_in[0], k_BKTH, write_index)
-        values = write_slots(kv_in[1], v_BKTH, write_index)
+        if attend_len is None or keys.shape[2] < 2 * ATTENTION_BLOCK:  # short caches: one fused attention
+            attn_BTNH = attention(q, keys, values, mask_BTS)
+        else:
+            attn_BTNH = attention_blocks(q, keys, values, mask_BTS, attend_len)
     kv_out = (keys, values)
     B, T, N, H = attn_BTNH.shape
     # one [B*T, N*H] x [N*H, D] product: XLA:CPU transposed the [N, H, D] weight (a copy every step) otherwise

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import selfguard_jax as sgj
-from selfguard_jax.model import attention, attention_filled
+from selfguard_jax.model import KVCache, attention, attention_blocks, block_cache, write_blocks
 from tiny_models import SPECS
 
 rng = np.random.default_rng(0)
@@ -66,22 +66,33 @@ def test_stream_with_reminders_steering_and_closes_mid_reminder(hf_dirs):
         assert_same(out, q, alone(lm, q, reminder=single_rem, steering=single_steer))
 
 
-def test_attention_reads_only_the_filled_blocks():
-    """Slots past attend_len hold NaN: the blockwise attention never reads them, and it equals full attention
-    over the cache plus the new token's own key and value."""
-    keys = jax.random.split(jax.random.PRNGKey(0), 5)
-    B, N, K, H, S, filled = 3, 4, 2, 8, 2048, 200
+@pytest.mark.parametrize("blocked", [False, True])
+def test_attention_reads_only_the_filled_blocks(blocked):
+    """Slots past attend_len hold NaN: the blockwise attention never reads them, and it equals the fused
+    attention over the whole cache, whether the cache is one array or cut into block buffers."""
+    keys = jax.random.split(jax.random.PRNGKey(0), 3)
+    B, N, K, H, S, filled = 3, 4, 2, 8, 2048, 700
     q = jax.random.normal(keys[0], (B, 1, N, H))
     k = jax.random.normal(keys[1], (B, K, S, H))
     v = jax.random.normal(keys[2], (B, K, S, H))
-    k_new, v_new = jax.random.normal(keys[3], (B, K, 1, H)), jax.random.normal(keys[4], (B, K, 1, H))
-    valid = jnp.arange(S)[None, None, :] < jnp.array([50, 150, filled])[:, None, None]
-    want = attention(q, jnp.concatenate([k, k_new], 2), jnp.concatenate([v, v_new], 2),
-                     jnp.concatenate([valid, jnp.ones((B, 1, 1), bool)], 2))
-    poisoned_k = k.at[:, :, 512:].set(jnp.nan)  # past the first 512-slot block
-    poisoned_v = v.at[:, :, 512:].set(jnp.nan)
-    got = attention_filled(q, poisoned_k, poisoned_v, valid, jnp.int32(filled), k_new, v_new)
+    valid = jnp.arange(S)[None, None, :] < jnp.array([50, 600, filled])[:, None, None]
+    want = attention(q, k, v, valid)
+    poisoned = [x.at[:, :, 1024:].set(jnp.nan) for x in (k, v)]  # past the first two 512-slot blocks
+    if blocked:
+        poisoned = [block_cache(KVCache(k=(x,), v=(x,))).k[0] for x in poisoned]
+    got = attention_blocks(q, *poisoned, valid, jnp.int32(filled))
     np.testing.assert_allclose(np.asarray(got), np.asarray(want), atol=1e-5)
+
+
+def test_blocked_cache_write_lands_in_each_rows_slot():
+    """One new slot per row, at a different block for each row, lands where an array cache's write puts it."""
+    B, K, S, H = 3, 2, 1536, 4
+    cache = jax.random.normal(jax.random.PRNGKey(0), (B, K, S, H))
+    new = jax.random.normal(jax.random.PRNGKey(1), (B, K, 1, H))
+    index = jnp.array([3, 511, 1100])
+    blocks = write_blocks(block_cache(KVCache(k=(cache,), v=(cache,))).k[0], new, index)
+    want = jax.vmap(lambda c, n, i: jax.lax.dynamic_update_slice(c, n, (0, i, 0)))(cache, new, index)
+    np.testing.assert_array_equal(np.concatenate(blocks, axis=2), np.asarray(want))
 
 
 @pytest.mark.slow
