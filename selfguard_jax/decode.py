@@ -37,6 +37,7 @@ class StopReason(enum.IntEnum):
 
 
 STOP_REASONS = tuple(r.name.lower() for r in StopReason)
+ROWS_PER_GROUP = 4  # on CPU, rows that share the filled-block attention's reads (see _row_groups)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,6 +52,7 @@ class DecodeStatic:
     scan_layers: bool = True
     progress: bool = False          # report finished requests to the host (one callback per finish, not per token)
     filled_attention: bool = False  # blockwise attention over the filled cache blocks (model.attention_blocks)
+    row_groups: int = 1             # filled-block attention: row groups that each read as far as their rows
 
 
 @struct.dataclass
@@ -162,7 +164,7 @@ def _step(params, cfg, static: DecodeStatic, dp: DecodeParams, rq: Requests, s: 
     kv_valid = kv_valid.at[rows, slot - 1].set(kv_valid[rows, slot - 1] & ~e.drop_prev)
     position = s.position - e.drop_prev
     gate = _decode_gate(static.steer_rule, s.splice.thinking & live) * s.steer_B
-    filled = T + jnp.max(jnp.where(live, s.t, 0)) + 1 if static.filled_attention else None
+    filled = jnp.where(live, T + s.t + 1, 0) if static.filled_attention else None
     logits, cache = decode_step(params, cfg, e.token, position, kv_valid, s.cache, write,
                                 steer=SteerInput(dp.steer.add_LD, gate[:, None]), attend_len=filled,
                                 scan_layers=static.scan_layers)
@@ -196,7 +198,7 @@ def _init(params, cfg, static: DecodeStatic, dp: DecodeParams, rq: Requests, ste
     first = jnp.minimum(req, Q - 1)
     logits, cache = _prefill(params, cfg, static, dp, rq.ids_QT[first], rq.mask_QT[first], steer_Q[first], S)
     if static.filled_attention and isinstance(cache.k, tuple) and S >= 2 * ATTENTION_BLOCK:
-        cache = block_cache(cache)  # every block its own buffer: the attention reads filled blocks in place
+        cache = block_cache(cache, groups=static.row_groups)  # blocks read in place, group by group
     return LoopState(
         step=jnp.int32(0), next_req=jnp.int32(min(B, Q)), req=req, t=jnp.zeros((B,), jnp.int32), done=req >= Q,
         logits=logits, cache=cache,
@@ -365,12 +367,22 @@ def _prepare(lm, prompts, max_new_tokens=None, temperature=0.0, top_p=1.0, top_k
     rq = Requests(ids_QT=jnp.asarray(ids), mask_QT=jnp.asarray(mask), max_new_Q=jnp.asarray(budgets, jnp.int32),
                   steer_Q=_steer_scales(steering, cfg, Q),
                   reminders_Q=jnp.asarray([reminder.max_reminders * o if reminder else 0 for o in on], jnp.int32))
+    cpu = jax.devices()[0].platform == "cpu"
+    filled = bool(filled_attention) if filled_attention is not None else not lm.scan_layers or not cpu
     static = DecodeStatic(max_new_tokens=max(budgets), slots=B, sampler=Sampler.for_settings(temperature, top_p, top_k),
                           scan_layers=lm.scan_layers, steer_rule=None if steering is None else steering.rule,
                           conditional=steering is not None and steering.condition is not None,
-                          progress=progress, filled_attention=bool(filled_attention) if filled_attention is not None
-                          else not lm.scan_layers or jax.devices()[0].platform != "cpu")
+                          progress=progress, filled_attention=filled, row_groups=_row_groups(B, filled))
     return static, _params(cfg, temperature, top_p, steering, reminder, thinking, stop_ids), rq
+
+
+def _row_groups(slots: int, filled: bool) -> int:
+    """Row groups of the blocked cache: groups of 4 rows on CPU, where a step with one row at 4,000 filled slots
+    and 15 at 1,100 took 88 ms in groups of 4 against 165 ms in one group, 112 in groups of 2, 99 in groups of 8
+    and 926 row by row (0.1b shape, 16 rows); one group elsewhere (not measured)."""
+    if not filled or jax.devices()[0].platform != "cpu" or slots % ROWS_PER_GROUP:
+        return 1
+    return slots // ROWS_PER_GROUP
 
 
 def _per_request(value, Q: int, name: str) -> list:

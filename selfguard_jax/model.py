@@ -33,8 +33,8 @@ ATTENTION_BLOCK = 512  # cache slots a decode step reads at a time, on caches of
 @struct.dataclass
 class KVCache:
     """Keys and values for every layer in the layout of the layer params: [L, B, K, S, H] arrays when stacked,
-    tuples of L [B, K, S, H] arrays when per-layer, or tuples of L tuples of [B, K, block, H] arrays when cut into
-    blocks for the blockwise attention (`block_cache`). The slot axis sits next to the head dim so attention reads each head's keys contiguously, with no transpose."""
+    tuples of L [B, K, S, H] arrays when per-layer, or, cut for the blockwise attention (`block_cache`), tuples of
+    L tuples of row groups of tuples of [B / groups, K, block, H] blocks. The slot axis sits next to the head dim so attention reads each head's keys contiguously, with no transpose."""
 
     k: Any
     v: Any
@@ -127,15 +127,21 @@ def attention_blocks(q_BTNH: jax.Array, k_cache: Any, v_cache: Any, mask_BTS: ja
     return (acc / l[..., None]).astype(dtype).transpose(0, 3, 1, 2, 4).reshape(B, T, N, H)
 
 
-def block_cache(cache: KVCache, block: int = ATTENTION_BLOCK) -> KVCache:
-    """A per-layer cache with each layer's [B, K, S, H] slab cut into S / block arrays of [B, K, block, H], so the
-    blockwise attention reads every block in place (a slice of one buffer is a copy on XLA:CPU)."""
+def block_cache(cache: KVCache, block: int = ATTENTION_BLOCK, groups: int = 1) -> KVCache:
+    """A per-layer cache with each layer's [B, K, S, H] slab cut into `groups` row groups of S / block arrays of
+    [B / groups, K, block, H], so the blockwise attention reads every block in place (a slice of one buffer is a
+    copy on XLA:CPU) and each row group reads only as far as its own rows have filled."""
     if not isinstance(cache.k, tuple):
         raise ValueError("only a per-layer cache (tuples of [B, K, S, H]) can be cut into blocks.")
-    S = cache.k[0].shape[2]
-    if S % block:
-        raise ValueError(f"a cache of {S} slots is not a whole number of {block}-slot blocks.")
-    cut = lambda a: tuple(a[:, :, j:j + block] for j in range(0, S, block))  # noqa: E731
+    B, S = cache.k[0].shape[0], cache.k[0].shape[2]
+    if S % block or B % groups:
+        raise ValueError(f"a cache of {B} rows and {S} slots cannot be cut into {groups} row groups of "
+                         f"{block}-slot blocks.")
+    n = B // groups
+
+    def cut(a: jax.Array) -> tuple:
+        return tuple(tuple(a[g:g + n, :, j:j + block] for j in range(0, S, block)) for g in range(0, B, n))
+
     return KVCache(k=tuple(map(cut, cache.k)), v=tuple(map(cut, cache.v)))
 
 
@@ -145,16 +151,39 @@ def write_prompt(cache: KVCache, kv: KVCache, row: jax.Array) -> KVCache:
     def put(c: jax.Array, n: jax.Array) -> jax.Array:
         return jax.lax.dynamic_update_slice(c, n.astype(c.dtype), (0,) * (c.ndim - 4) + (row, 0, 0, 0))
 
-    if isinstance(cache.k, tuple) and isinstance(cache.k[0], tuple):  # blocked: the prompt spans the first blocks
-        block = cache.k[0][0].shape[2]
+    if not (isinstance(cache.k, tuple) and isinstance(cache.k[0], tuple)):
+        return jax.tree.map(put, cache, kv)
 
-        def spread(blocks: tuple, n: jax.Array) -> tuple:
-            T = n.shape[2]
-            return tuple(put(a, n[:, :, j * block:(j + 1) * block]) if j * block < T else a
-                         for j, a in enumerate(blocks))
+    def spread(groups: tuple, n_1KTH: jax.Array) -> tuple:  # blocked: the prompt spans the first blocks
+        rows, block, T = groups[0][0].shape[0], groups[0][0].shape[2], n_1KTH.shape[2]
+        out = []
+        for g, blocks in enumerate(groups):
+            local = row - g * rows
+            local = jnp.where((local >= 0) & (local < rows), local, rows)  # another group's row: dropped
+            out.append(tuple(a.at[local, :, :min(block, T - j * block)].set(
+                n_1KTH[0, :, j * block:(j + 1) * block].astype(a.dtype), mode="drop") if j * block < T else a
+                for j, a in enumerate(blocks)))
+        return tuple(out)
 
-        return KVCache(k=tuple(map(spread, cache.k, kv.k)), v=tuple(map(spread, cache.v, kv.v)))
-    return jax.tree.map(put, cache, kv)
+    return KVCache(k=tuple(map(spread, cache.k, kv.k)), v=tuple(map(spread, cache.v, kv.v)))
+
+
+def attend_blocked(q_BTNH: jax.Array, k_new_BKTH: jax.Array, v_new_BKTH: jax.Array, kv_in: tuple, mask_BTS: jax.Array,
+                   write_index: jax.Array, attend_len: jax.Array | None) -> tuple[jax.Array, tuple, tuple]:
+    """One decode step's write and attention over a blocked cache (`block_cache`), row group by row group: each
+    group reads the blocks up to its own longest `attend_len` (scalar or [B]). Returns (attention [B, T, N, H],
+    the layer's key groups, its value groups)."""
+    k_groups, v_groups = kv_in
+    B, n = q_BTNH.shape[0], k_groups[0][0].shape[0]
+    index_B = jnp.broadcast_to(write_index, (B,))
+    fill_B = jnp.broadcast_to(sum(a.shape[2] for a in k_groups[0]) if attend_len is None else attend_len, (B,))
+    outs, keys, values = [], [], []
+    for g, (k_blocks, v_blocks) in enumerate(zip(k_groups, v_groups)):
+        r = slice(g * n, (g + 1) * n)
+        keys.append(write_blocks(k_blocks, k_new_BKTH[r], index_B[r]))
+        values.append(write_blocks(v_blocks, v_new_BKTH[r], index_B[r]))
+        outs.append(attention_blocks(q_BTNH[r], keys[-1], values[-1], mask_BTS[r], jnp.max(fill_B[r])))
+    return jnp.concatenate(outs), tuple(keys), tuple(values)
 
 
 def write_blocks(blocks: tuple, new_BKTH: jax.Array, index: jax.Array) -> tuple:
@@ -202,17 +231,14 @@ def block(cfg: ModelConfig, lp: Params, x_BTD: jax.Array, cos: jax.Array, sin: j
         keys, values = k_BKTH, v_BKTH
         attn_BTNH = attention(q, keys, values, mask_BTS)
     elif isinstance(kv_in[0], tuple):  # a blocked cache (block_cache)
-        keys = write_blocks(kv_in[0], k_BKTH, write_index)
-        values = write_blocks(kv_in[1], v_BKTH, write_index)
-        S = sum(a.shape[2] for a in keys)
-        attn_BTNH = attention_blocks(q, keys, values, mask_BTS, S if attend_len is None else attend_len)
+        attn_BTNH, keys, values = attend_blocked(q, k_BKTH, v_BKTH, kv_in, mask_BTS, write_index, attend_len)
     else:
         keys = write_slots(kv_in[0], k_BKTH, write_index)
         values = write_slots(kv_in[1], v_BKTH, write_index)
         if attend_len is None or keys.shape[2] < 2 * ATTENTION_BLOCK:  # short caches: one fused attention
             attn_BTNH = attention(q, keys, values, mask_BTS)
         else:
-            attn_BTNH = attention_blocks(q, keys, values, mask_BTS, attend_len)
+            attn_BTNH = attention_blocks(q, keys, values, mask_BTS, jnp.max(attend_len))
     kv_out = (keys, values)
     B, T, N, H = attn_BTNH.shape
     # one [B*T, N*H] x [N*H, D] product: XLA:CPU transposed the [N, H, D] weight (a copy every step) otherwise
@@ -259,7 +285,8 @@ def decode_step(params: Params, cfg: ModelConfig, tokens_B: jax.Array, positions
                 attend_len: jax.Array | None = None, scan_layers: bool = True) -> tuple[jax.Array, KVCache]:
     """One token per row: its keys/values are written into slot `write_index` of the cache (a scalar, or one slot
     per row; in place under jit), then it attends to the slots `kv_valid_BS` marks (the new slot included), reading
-    only the first `attend_len` slots when given. Returns (logits [B, V] float32, the cache). `steer.gate_BT` is
+    only the first `attend_len` slots when given (a scalar, or one per row: a blocked cache's row groups then
+    each read as far as their own rows). Returns (logits [B, V] float32, the cache). `steer.gate_BT` is
     [B, 1]."""
     x, cache, _ = _blocks(params, cfg, tokens_B[:, None], positions_B[:, None], kv_valid_BS[:, None, :], steer=steer,
                           cache=cache, write_index=write_index, attend_len=attend_len, scan_layers=scan_layers)

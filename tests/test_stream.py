@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 import selfguard_jax as sgj
-from selfguard_jax.model import KVCache, attention, attention_blocks, block_cache, write_blocks
+from selfguard_jax.model import (KVCache, attend_blocked, attention, attention_blocks, block_cache, write_blocks,
+                                 write_prompt)
 from tiny_models import SPECS
 
 rng = np.random.default_rng(0)
@@ -79,7 +80,7 @@ def test_attention_reads_only_the_filled_blocks(blocked):
     want = attention(q, k, v, valid)
     poisoned = [x.at[:, :, 1024:].set(jnp.nan) for x in (k, v)]  # past the first two 512-slot blocks
     if blocked:
-        poisoned = [block_cache(KVCache(k=(x,), v=(x,))).k[0] for x in poisoned]
+        poisoned = [block_cache(KVCache(k=(x,), v=(x,))).k[0][0] for x in poisoned]
     got = attention_blocks(q, *poisoned, valid, jnp.int32(filled))
     np.testing.assert_allclose(np.asarray(got), np.asarray(want), atol=1e-5)
 
@@ -90,21 +91,56 @@ def test_blocked_cache_write_lands_in_each_rows_slot():
     cache = jax.random.normal(jax.random.PRNGKey(0), (B, K, S, H))
     new = jax.random.normal(jax.random.PRNGKey(1), (B, K, 1, H))
     index = jnp.array([3, 511, 1100])
-    blocks = write_blocks(block_cache(KVCache(k=(cache,), v=(cache,))).k[0], new, index)
+    blocks = write_blocks(block_cache(KVCache(k=(cache,), v=(cache,))).k[0][0], new, index)
     want = jax.vmap(lambda c, n, i: jax.lax.dynamic_update_slice(c, n, (0, i, 0)))(cache, new, index)
     np.testing.assert_array_equal(np.concatenate(blocks, axis=2), np.asarray(want))
 
 
+def test_row_groups_read_only_their_own_filled_blocks():
+    """Rows in groups of 2, each group filled to a different length: a group never reads past its own longest
+    row (NaN there), the step's new slot lands in each row's place, and the result equals fused attention."""
+    keys = jax.random.split(jax.random.PRNGKey(1), 5)
+    B, N, K, H, S = 4, 4, 2, 8, 2048
+    fill = jnp.array([100, 1500, 300, 200])  # group 0 reads 3 blocks, group 1 one block
+    q = jax.random.normal(keys[0], (B, 1, N, H))
+    k, v = (jax.random.normal(key, (B, K, S, H)) for key in keys[1:3])
+    k_new, v_new = (jax.random.normal(key, (B, K, 1, H)) for key in keys[3:5])
+    rows = jnp.arange(B)
+    k_full, v_full = k.at[rows, :, fill - 1].set(k_new[:, :, 0]), v.at[rows, :, fill - 1].set(v_new[:, :, 0])
+    valid = jnp.arange(S)[None, None, :] < fill[:, None, None]
+    want = attention(q, k_full, v_full, valid)
+    poison = jnp.arange(S)[None, None, :, None] >= jnp.array([1536, 1536, 512, 512])[:, None, None, None]
+    blocked = block_cache(KVCache(k=(jnp.where(poison, jnp.nan, k),), v=(jnp.where(poison, jnp.nan, v),)), groups=2)
+    got, k_groups, _ = attend_blocked(q, k_new, v_new, (blocked.k[0], blocked.v[0]), valid, fill - 1, fill)
+    np.testing.assert_allclose(np.asarray(got), np.asarray(want), atol=1e-5)
+    written = jnp.concatenate([jnp.concatenate(g, axis=2) for g in k_groups])
+    np.testing.assert_array_equal(np.asarray(written[rows, :, fill - 1]), np.asarray(k_new[:, :, 0]))
+
+
+def test_a_refilled_prompt_lands_in_its_row_of_a_blocked_cache():
+    B, K, S, H, T = 4, 2, 1536, 4, 600  # the prompt spans two blocks
+    cache = jnp.zeros((B, K, S, H))
+    prompt = jax.random.normal(jax.random.PRNGKey(2), (1, K, T, H))
+    blocked = write_prompt(block_cache(KVCache(k=(cache,), v=(cache,)), groups=2), KVCache(k=(prompt,), v=(prompt,)),
+                           jnp.int32(3))
+    got = jnp.concatenate([jnp.concatenate(g, axis=2) for g in blocked.k[0]])
+    np.testing.assert_array_equal(np.asarray(got), np.asarray(cache.at[3, :, :T].set(prompt[0])))
+
+
 @pytest.mark.slow
-def test_blockwise_attention_over_a_long_cache_equals_the_fused_one(hf_dirs):
-    """A cache of 1,536 slots (three 512-slot blocks) decoded with filled-block attention in a stream gives each
-    request what the fused whole-cache attention gives it alone."""
+@pytest.mark.parametrize("scan_layers", [False, True])
+def test_blockwise_attention_over_a_long_cache_equals_the_fused_one(hf_dirs, scan_layers):
+    """A cache of 1,536 slots (three 512-slot blocks) decoded with filled-block attention, in a stream (per-row
+    writes, refills, row groups) and in one fixed batch (one write slot for all rows), gives each request what the
+    fused whole-cache attention gives it alone: per-layer caches cut into block buffers, stacked ones sliced."""
     folder, _ = hf_dirs["qwen2_tied"]
-    lm = sgj.load(folder)
+    lm = sgj.load(folder, scan_layers=scan_layers)
     lm.config = dataclasses.replace(lm.config, eos_token_ids=(), max_position_embeddings=2048)
-    queue, budgets = QUEUE[:3], [1010, 7, 30]
-    out = lm.generate(queue, max_new_tokens=budgets, slots=2, filled_attention=True)
-    for q in range(3):
+    queue, budgets = QUEUE, [1010, 7, 30, 600, 5, 9, 700, 3, 12]
+    stream = lm.generate(queue, max_new_tokens=budgets, slots=8, filled_attention=True)  # on CPU: 2 row groups
+    fixed = lm.generate(queue, max_new_tokens=budgets, filled_attention=True)
+    for q in range(len(queue)):
         single = lm.generate([queue[q]], max_new_tokens=budgets[q], filled_attention=False)
-        assert out.tokens[q] == single.tokens[0], f"request {q}"
-        np.testing.assert_allclose(out.entropy[q], single.entropy[0], atol=1e-4)
+        for out in (stream, fixed):
+            assert out.tokens[q] == single.tokens[0], f"request {q}"
+            np.testing.assert_allclose(out.entropy[q], single.entropy[0], atol=1e-4)
