@@ -30,8 +30,8 @@ from tqdm.auto import tqdm
 
 import selfguard_jax as sgj
 from common import random_model_dir, random_prompts, table
-from selfguard_jax.decode import cache_length, lower
-from selfguard_jax.model import KVCache, block_cache, decode_step, prefill
+from selfguard_jax.decode import cache_length, default_row_groups, lower
+from selfguard_jax.model import ATTENTION_BLOCK, KVCache, block_cache, decode_step, prefill
 
 
 def lengths(n: int, median: int, cap: int, seed: int = 0) -> list[int]:
@@ -53,10 +53,11 @@ def step_time_vs_filled(lm, batch: int, prompt_len: int, cache_len: int, points:
     _, cache = prefill(lm.params, cfg, ids, jnp.ones_like(ids), cache_len=S, scan_layers=lm.scan_layers)
     rows = []
     for filled in (True, False):
-        if filled and isinstance(cache.k, tuple):
-            cache = block_cache(cache)
+        if filled and isinstance(cache.k, tuple) and S % ATTENTION_BLOCK == 0 and S >= 2 * ATTENTION_BLOCK:
+            cache = block_cache(cache, groups=default_row_groups(batch, True))  # as the stream cuts it
         elif not filled and isinstance(cache.k[0], tuple):
-            cache = KVCache(*(tuple(jnp.concatenate(b, axis=2) for b in x) for x in (cache.k, cache.v)))
+            cache = KVCache(*(tuple(jnp.concatenate([jnp.concatenate(b, axis=2) for b in groups]) for groups in x)
+                              for x in (cache.k, cache.v)))
         step = jax.jit(lambda c, valid, n, filled=filled: decode_step(
             lm.params, cfg, ids[:, 0], jnp.full((batch,), prompt_len), valid, c, n - 1,
             attend_len=n if filled else None, scan_layers=lm.scan_layers)[1], donate_argnums=0)

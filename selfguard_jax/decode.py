@@ -37,7 +37,7 @@ class StopReason(enum.IntEnum):
 
 
 STOP_REASONS = tuple(r.name.lower() for r in StopReason)
-ROWS_PER_GROUP = 4  # on CPU, rows that share the filled-block attention's reads (see _row_groups)
+ROWS_PER_GROUP = 4  # on CPU, rows that share the filled-block attention's reads (see default_row_groups)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -372,11 +372,11 @@ def _prepare(lm, prompts, max_new_tokens=None, temperature=0.0, top_p=1.0, top_k
     static = DecodeStatic(max_new_tokens=max(budgets), slots=B, sampler=Sampler.for_settings(temperature, top_p, top_k),
                           scan_layers=lm.scan_layers, steer_rule=None if steering is None else steering.rule,
                           conditional=steering is not None and steering.condition is not None,
-                          progress=progress, filled_attention=filled, row_groups=_row_groups(B, filled))
+                          progress=progress, filled_attention=filled, row_groups=default_row_groups(B, filled))
     return static, _params(cfg, temperature, top_p, steering, reminder, thinking, stop_ids), rq
 
 
-def _row_groups(slots: int, filled: bool) -> int:
+def default_row_groups(slots: int, filled: bool) -> int:
     """Row groups of the blocked cache: groups of 4 rows on CPU, where a step with one row at 4,000 filled slots
     and 15 at 1,100 took 88 ms in groups of 4 against 165 ms in one group, 112 in groups of 2, 99 in groups of 8
     and 926 row by row (0.1b shape, 16 rows); one group elsewhere (not measured)."""

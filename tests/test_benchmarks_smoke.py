@@ -20,3 +20,17 @@ def test_benchmark_runs(script, args):
     res = subprocess.run([sys.executable, str(BENCH / script), *args], capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stderr[-2000:]
     assert "|" in res.stdout
+
+
+@pytest.mark.slow
+def test_stream_benchmark_and_its_plot_run(tmp_path):
+    out = tmp_path / "stream.json"
+    res = subprocess.run([sys.executable, str(BENCH / "bench_stream.py"), "--shape", "tiny", "--requests", "6",
+                          "--slots", "4", "--median", "20", "--cap", "40", "--prompt-len", "8", "--fixed-filled",
+                          "--json", str(out)], capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert "6/6" in res.stdout  # every request's ids equal the stream's, in every arm
+    res = subprocess.run([sys.executable, str(BENCH / "plot_stream.py"), str(out), str(tmp_path / "stream.png")],
+                         capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert (tmp_path / "stream.png").stat().st_size > 0
