@@ -4,7 +4,7 @@ a slot whose request finished is refilled with the next queued prompt inside the
 
 Prompts are left-padded to one length bucket T. Each slot's cache row holds its request's prompt in slots
 [0, T) and its step t at slot T + t (a per-row write index); RoPE positions come from each row's own count of
-real tokens and attention reads only the leading slots any row has filled. A token replaced after it was fed
+real tokens and attention reads only the cache blocks its row group has filled. A token replaced after it was fed
 (a reminder's junction with it) has its slot masked and its position reused. Nothing leaves the device until
 the loop ends, except an optional progress callback when a request finishes.
 """

@@ -36,3 +36,11 @@ def chat_model_dir(tmp_path_factory):
     save_hf_model("qwen3_headdim", folder, vocab_size=len(tok), eos_token_id=tok.eos_token_id,
                   initializer_range=0.2)
     return folder
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _free_compiled_programs():
+    """Drop jax's compiled programs after each test module: one process runs the whole suite, and the programs of
+    earlier modules would otherwise stay in memory to the end."""
+    yield
+    jax.clear_caches()
