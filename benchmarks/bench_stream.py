@@ -4,7 +4,8 @@ against the filled cache length.
 Request lengths follow a lognormal like R1 thinking traces (median `--median`, capped at `--cap`); per-request
 budgets make every length exact on random weights. Fixed batch: the queue in order, `--slots` requests at a
 time, each batch running until its longest request ends. Stream: the same queue in `--slots` slots, a slot
-refilled as soon as its request ends. Every program is compiled ahead of time into a persistent cache that\nthe timed call reloads, so no arm's time includes compiling.
+refilled as soon as its request ends. Every program is compiled ahead of time into a persistent cache that
+the timed call reloads, so no arm's time includes compiling.
 
     python benchmarks/bench_stream.py --shape 0.1b --requests 128 --slots 16 --median 800 --cap 5120
 """

@@ -34,7 +34,8 @@ ATTENTION_BLOCK = 512  # cache slots a decode step reads at a time, on caches of
 class KVCache:
     """Keys and values for every layer in the layout of the layer params: [L, B, K, S, H] arrays when stacked,
     tuples of L [B, K, S, H] arrays when per-layer, or, cut for the blockwise attention (`block_cache`), tuples of
-    L tuples of row groups of tuples of [B / groups, K, block, H] blocks. The slot axis sits next to the head dim so attention reads each head's keys contiguously, with no transpose."""
+    L tuples of row groups of tuples of [B / groups, K, block, H] blocks. The slot axis sits next to the head dim,
+    so attention reads each head's keys contiguously, with no transpose."""
 
     k: Any
     v: Any
