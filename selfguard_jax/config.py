@@ -16,8 +16,12 @@ SUPPORTED_ARCHITECTURES = {
     "Qwen2ForCausalLM": "qwen2",
     "Qwen3ForCausalLM": "qwen3",
     "MistralForCausalLM": "mistral",
+    "Gemma3ForCausalLM": "gemma3_text",
+    "Phi3ForCausalLM": "phi3",
 }
-SUPPORTED_ROPE_TYPES = ("default", "linear", "llama3", "yarn")
+SUPPORTED_ROPE_TYPES = ("default", "linear", "llama3", "yarn", "longrope")
+SUPPORTED_ACTIVATIONS = ("silu", "gelu_pytorch_tanh")
+LAYER_TYPES = ("full_attention", "sliding_attention")
 
 
 class ConfigError(ValueError):
@@ -48,6 +52,19 @@ class ModelConfig:
     bos_token_id: int | None = None
     eos_token_ids: tuple[int, ...] = ()
     pad_token_id: int | None = None
+    # Per-layer attention kinds (read through attention_kinds.layer_kinds): "full_attention" / "sliding_attention"
+    # per layer (empty: all sliding when sliding_window is set, else all full); sliding layers' own rope.
+    layer_types: tuple[str, ...] = ()
+    local_rope_theta: float | None = None
+    local_rope_scaling: tuple[tuple[str, Any], ...] | None = None
+    partial_rotary_factor: float = 1.0
+    # Gemma: (1 + w) norms in float32, norms after attention and the MLP too, embeddings times sqrt(hidden),
+    # the query scaled by query_pre_attn_scalar ** -0.5, tanh soft-capping of the final logits.
+    hidden_act: str = "silu"
+    gemma_norms: bool = False
+    embed_scale: bool = False
+    query_pre_attn_scalar: int | float | None = None
+    final_logit_softcapping: float | None = None
 
     @property
     def model_type(self) -> str:
@@ -70,6 +87,7 @@ class ModelConfig:
         per_layer += h * (n + 2 * k) if self.qkv_bias else 0
         per_layer += d if self.o_bias else 0
         per_layer += 2 * h if self.qk_norm else 0
+        per_layer += 2 * d if self.gemma_norms else 0
         head = 0 if self.tie_word_embeddings else d * self.vocab_size
         return L * per_layer + self.vocab_size * d + d + head
 
@@ -88,9 +106,10 @@ class ModelConfig:
         model_type = SUPPORTED_ARCHITECTURES[arch]
         _require(hf, "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size", "vocab_size")
         _check_types(hf)
-        act = hf.get("hidden_act", "silu")
-        if act != "silu":
-            raise ConfigError(f"config.json field 'hidden_act'={act!r} is not supported; only 'silu' is implemented.")
+        act = hf.get("hidden_activation") or hf.get("hidden_act") or "silu"
+        if act not in SUPPORTED_ACTIVATIONS:
+            raise ConfigError(f"config.json field 'hidden_act'={act!r} is not supported; supported: "
+                              f"{SUPPORTED_ACTIVATIONS}.")
         if hf.get("mlp_bias"):
             raise ConfigError("config.json field 'mlp_bias'=true is not supported; only bias-free MLPs are implemented.")
         if hf.get("pretraining_tp", 1) not in (1, None):
@@ -98,6 +117,16 @@ class ModelConfig:
         heads = hf["num_attention_heads"]
         head_dim = hf.get("head_dim") or hf["hidden_size"] // heads
         attention_bias = bool(hf.get("attention_bias", False))
+        gemma = model_type == "gemma3_text"
+        if gemma and hf.get("use_bidirectional_attention"):
+            raise ConfigError("config.json field 'use_bidirectional_attention'=true is not supported (causal only).")
+        if gemma and hf.get("attn_logit_softcapping") is not None:
+            raise ConfigError("config.json field 'attn_logit_softcapping' is set, but transformers' Gemma 3 never "
+                              "applies it (Gemma 2 did) and released Gemma 3 configs leave it null; set it to null.")
+        if model_type == "phi3" and attention_bias:
+            raise ConfigError("config.json field 'attention_bias'=true is not supported for Phi3.")
+        layer_types = _layer_types(hf, model_type)
+        local = _rope_params(hf, "sliding_attention") if gemma else None
         return cls(
             architecture=arch,
             vocab_size=hf["vocab_size"],
@@ -110,8 +139,8 @@ class ModelConfig:
             rms_norm_eps=float(hf.get("rms_norm_eps", 1e-6)),
             tie_word_embeddings=bool(hf.get("tie_word_embeddings", False)),
             qkv_bias=True if model_type == "qwen2" else attention_bias,
-            o_bias=attention_bias if model_type in ("llama", "qwen3", "mistral") else False,
-            qk_norm=model_type == "qwen3",
+            o_bias=attention_bias if model_type in ("llama", "qwen3", "mistral", "gemma3_text") else False,
+            qk_norm=model_type in ("qwen3", "gemma3_text"),
             rope_theta=_rope_theta(hf),
             rope_scaling=_rope_scaling(hf),
             max_position_embeddings=int(hf.get("max_position_embeddings", 4096)),
@@ -119,6 +148,15 @@ class ModelConfig:
             bos_token_id=hf.get("bos_token_id"),
             eos_token_ids=_as_ids(hf.get("eos_token_id")),
             pad_token_id=hf.get("pad_token_id"),
+            layer_types=layer_types,
+            local_rope_theta=None if local is None else float(local.get("rope_theta", 10000.0)),
+            local_rope_scaling=None if local is None else _rope_scaling(hf, local),
+            partial_rotary_factor=_partial_rotary_factor(hf, head_dim),
+            hidden_act=act,
+            gemma_norms=gemma,
+            embed_scale=gemma,
+            query_pre_attn_scalar=_query_pre_attn_scalar(hf) if gemma else None,
+            final_logit_softcapping=_positive_or_none(hf, "final_logit_softcapping"),
         )
 
     @classmethod
@@ -167,7 +205,7 @@ class ModelConfig:
             "num_key_value_heads": self.num_kv_heads,
             "head_dim": self.head_dim,
             "intermediate_size": self.intermediate_size,
-            "hidden_act": "silu",
+            "hidden_act": self.hidden_act,
             "rms_norm_eps": self.rms_norm_eps,
             "tie_word_embeddings": self.tie_word_embeddings,
             "max_position_embeddings": self.max_position_embeddings,
@@ -176,7 +214,21 @@ class ModelConfig:
             "pad_token_id": self.pad_token_id,
         }
         rope = {**self.rope, "rope_theta": self.rope_theta}
+        if self.partial_rotary_factor != 1.0:
+            rope["partial_rotary_factor"] = self.partial_rotary_factor
         out["rope_parameters"] = rope
+        if self.layer_types:
+            out["layer_types"] = list(self.layer_types)
+        if self.model_type == "gemma3_text":
+            local = {**dict(self.local_rope_scaling or self.rope_scaling), "rope_theta": self.local_rope_theta}
+            out |= {"hidden_activation": self.hidden_act, "query_pre_attn_scalar": self.query_pre_attn_scalar,
+                    "sliding_window": self.sliding_window,
+                    "final_logit_softcapping": self.final_logit_softcapping,
+                    "rope_parameters": {"full_attention": rope, "sliding_attention": local}}
+        if self.model_type == "phi3":
+            out["sliding_window"] = self.sliding_window
+            if "original_max_position_embeddings" in rope:
+                out["original_max_position_embeddings"] = rope["original_max_position_embeddings"]
         if self.model_type != "qwen2":
             out["attention_bias"] = self.o_bias
         if self.model_type in ("qwen2", "qwen3"):
@@ -231,11 +283,15 @@ def _as_ids(value: Any) -> tuple[int, ...]:
     return tuple(int(v) for v in value) if isinstance(value, (list, tuple)) else (int(value),)
 
 
-def _rope_params(hf: dict) -> dict[str, Any]:
-    """The rope dict in either form: transformers-5 `rope_parameters` or legacy `rope_scaling`."""
+def _rope_params(hf: dict, kind: str = "full_attention") -> dict[str, Any]:
+    """The rope dict of one attention kind in either form: transformers-5 `rope_parameters` (per kind where the
+    model has several) or legacy `rope_theta` / `rope_scaling` (Gemma 3: `rope_local_base_freq` for the sliding
+    layers, whose rope is never scaled)."""
     params = hf.get("rope_parameters")
-    if isinstance(params, dict) and "full_attention" in params:
-        params = params["full_attention"]
+    if isinstance(params, dict) and ("full_attention" in params or "sliding_attention" in params):
+        params = params.get(kind)
+    elif kind == "sliding_attention":  # legacy Gemma 3
+        return {"rope_type": "default", "rope_theta": hf.get("rope_local_base_freq", 10000.0)}
     if params is None:
         params = hf.get("rope_scaling") or {}
     return dict(params)
@@ -243,12 +299,16 @@ def _rope_params(hf: dict) -> dict[str, Any]:
 
 def _rope_theta(hf: dict) -> float:
     params = _rope_params(hf)
-    return float(params.get("rope_theta", hf.get("rope_theta", 10000.0)))
+    default = 1_000_000.0 if hf.get("model_type") == "gemma3_text" else 10000.0
+    return float(params.get("rope_theta", hf.get("rope_theta", default)))
 
 
-def _rope_scaling(hf: dict) -> tuple[tuple[str, Any], ...]:
-    params = _rope_params(hf)
+def _rope_scaling(hf: dict, params: dict | None = None) -> tuple[tuple[str, Any], ...]:
+    """The rope scaling of the full-attention layers (or of `params`, one kind's rope dict) as sorted pairs; lists
+    (LongRoPE's factors) become tuples."""
+    params = dict(_rope_params(hf) if params is None else params)
     params.pop("rope_theta", None)
+    params.pop("partial_rotary_factor", None)
     rope_type = params.pop("rope_type", None) or params.pop("type", None) or "default"
     params.pop("type", None)
     if rope_type not in SUPPORTED_ROPE_TYPES:
@@ -257,6 +317,8 @@ def _rope_scaling(hf: dict) -> tuple[tuple[str, Any], ...]:
             f"supported: {SUPPORTED_ROPE_TYPES}. Dynamic NTK changes with sequence length and is not approximated.")
     if rope_type == "default":
         return (("rope_type", "default"),)
+    if rope_type == "longrope":
+        return _longrope(hf, params)
     for key in _ROPE_NEEDS[rope_type]:
         value = params.get(key)
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
@@ -268,33 +330,109 @@ def _rope_scaling(hf: dict) -> tuple[tuple[str, Any], ...]:
     return (("rope_type", rope_type),) + tuple(sorted(clean.items()))
 
 
+def _longrope(hf: dict, params: dict) -> tuple[tuple[str, Any], ...]:
+    """LongRoPE (Phi-3/Phi-4): short and long per-frequency factors, the original context length that switches
+    between them, and the cos/sin attention factor transformers derives when the config gives none."""
+    orig = params.get("original_max_position_embeddings") or hf.get("original_max_position_embeddings")
+    if not isinstance(orig, int) or orig < 1:
+        raise ConfigError(f"config.json rope type 'longrope' needs a positive integer "
+                          f"'original_max_position_embeddings', got {orig!r}.")
+    half = int((hf.get("head_dim") or hf["hidden_size"] // hf["num_attention_heads"])
+               * _partial_rotary_factor(hf, 0)) // 2
+    out: dict[str, Any] = {"original_max_position_embeddings": orig}
+    for key in ("short_factor", "long_factor"):
+        value = params.get(key)
+        if not isinstance(value, (list, tuple)) or len(value) != half or not all(
+                isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0 for v in value):
+            raise ConfigError(f"config.json rope field {key!r} must list {half} positive numbers (one per rotary "
+                              f"frequency) for rope type 'longrope'; got {value!r:.80}.")
+        out[key] = tuple(float(v) for v in value)
+    factor = params.get("factor") or hf.get("max_position_embeddings", 4096) / orig
+    attention_factor = params.get("attention_factor")
+    if attention_factor is None:
+        attention_factor = 1.0 if factor <= 1 else math.sqrt(1 + math.log(factor) / math.log(orig))
+    out["attention_factor"] = float(attention_factor)
+    return (("rope_type", "longrope"),) + tuple(sorted(out.items()))
+
+
+def _partial_rotary_factor(hf: dict, head_dim: int) -> float:
+    """The fraction of each head's dims that rope rotates (Phi-3/Phi-4-mini: 0.75); the rest pass through."""
+    params = hf.get("rope_parameters") if isinstance(hf.get("rope_parameters"), dict) else {}
+    value = params.get("partial_rotary_factor", hf.get("partial_rotary_factor", 1.0))
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= 1:
+        raise ConfigError(f"config.json field 'partial_rotary_factor' is {value!r}; expected a number in (0, 1].")
+    if head_dim and int(head_dim * value) % 2:
+        raise ConfigError(f"config.json field 'partial_rotary_factor' {value} rotates an odd number of the "
+                          f"{head_dim} head dims; rope needs an even number.")
+    return float(value)
+
+
+def _query_pre_attn_scalar(hf: dict) -> int | float:
+    """Gemma's query scale is this ** -0.5 (an integer in released configs, kept as given for the exporter)."""
+    value = hf.get("query_pre_attn_scalar", 256)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+        raise ConfigError(f"config.json field 'query_pre_attn_scalar' is {value!r}; expected a positive number.")
+    return value
+
+
+def _positive_or_none(hf: dict, key: str) -> float | None:
+    value = hf.get(key)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+        raise ConfigError(f"config.json field {key!r} is {value!r}; expected a positive number or null.")
+    return float(value)
+
+
+def _layer_types(hf: dict, model_type: str) -> tuple[str, ...]:
+    """Each layer's attention kind where the config mixes them (Gemma 3: `layer_types`, or legacy
+    `sliding_window_pattern`: every n-th layer full); () where every layer attends the same way."""
+    types = hf.get("layer_types")
+    if model_type == "gemma3_text" and not types:
+        n = int(hf.get("sliding_window_pattern", hf.get("_sliding_window_pattern", 6)))
+        types = ["sliding_attention" if (i + 1) % n else "full_attention" for i in range(hf["num_hidden_layers"])]
+    if not types or all(t == "full_attention" for t in types) or model_type in ("qwen2", "qwen3"):
+        return ()
+    if len(types) != hf["num_hidden_layers"] or not set(types) <= set(LAYER_TYPES):
+        raise ConfigError(f"config.json field 'layer_types' must give one of {LAYER_TYPES} for each of the "
+                          f"{hf['num_hidden_layers']} layers; got {sorted(set(map(str, types)))} over {len(types)}.")
+    if not hf.get("sliding_window"):
+        raise ConfigError("config.json field 'layer_types' has sliding layers but 'sliding_window' is not set.")
+    return tuple(types)
+
+
 def _sliding_window(hf: dict, model_type: str) -> int | None:
-    """The window if sliding-window attention is active anywhere; the model refuses sequences beyond it."""
+    """The window of the sliding layers (every layer without `layer_types`; see attention_kinds.layer_kinds)."""
     layer_types = hf.get("layer_types")
-    if layer_types and any(t != "full_attention" for t in layer_types):
-        if model_type in ("qwen2", "qwen3") and not hf.get("use_sliding_window", False):
-            return None
-        raise ConfigError(
-            f"config.json field 'layer_types' mixes attention kinds ({sorted(set(layer_types))}); "
-            "only full attention is implemented.")
     if model_type in ("qwen2", "qwen3"):
         if hf.get("use_sliding_window", False):
             raise ConfigError("config.json field 'use_sliding_window'=true is not supported; set it to false "
                               "(full attention) only if the checkpoint was trained that way.")
         return None
+    if layer_types and all(t == "full_attention" for t in layer_types):
+        return None
     window = hf.get("sliding_window")
+    if window is not None and (isinstance(window, bool) or not isinstance(window, int) or window < 0):
+        raise ConfigError(f"config.json field 'sliding_window' is {window!r}; expected a positive integer or null.")
     return int(window) if window else None
 
 
-def rope_inv_freq(cfg: ModelConfig) -> tuple[np.ndarray, float]:
-    """Inverse frequencies [head_dim // 2] and the cos/sin attention factor, as transformers computes them."""
-    dim = cfg.head_dim
-    base = cfg.rope_theta
-    inv = 1.0 / (base ** (np.arange(0, dim, 2, dtype=np.int64).astype(np.float32) / dim))
-    rope = cfg.rope
+def rope_inv_freq(cfg: ModelConfig, theta: float | None = None, rope: dict | None = None,
+                  long: bool = False) -> tuple[np.ndarray, float]:
+    """Inverse frequencies [rotary dims // 2] and the cos/sin attention factor, as transformers computes them, for
+    the rope base `theta` and scaling `rope` (default: the config's full-attention ones). `long`: LongRoPE's
+    long factors (used once a sequence passes the original context length)."""
+    dim = int(cfg.head_dim * cfg.partial_rotary_factor)
+    base = cfg.rope_theta if theta is None else theta
+    rope = cfg.rope if rope is None else rope
+    exponent = np.arange(0, dim, 2, dtype=np.int64).astype(np.float32) / dim
+    inv = 1.0 / (base ** exponent)
     kind = rope["rope_type"]
     if kind == "default":
         return inv, 1.0
+    if kind == "longrope":
+        ext = np.asarray(rope["long_factor" if long else "short_factor"], np.float32)
+        return (1.0 / (ext * base ** exponent)).astype(np.float32), float(rope["attention_factor"])
     factor = float(rope["factor"])
     if kind == "linear":
         return inv / factor, 1.0

@@ -1,4 +1,4 @@
-"""The decoder-only transformer (Llama, Qwen2, Qwen3, Mistral) as pure functions over nested params.
+"""The decoder-only transformer (Llama, Qwen2, Qwen3, Mistral, Gemma 3, Phi-3) as pure functions over nested params.
 
 Params are a plain nested dict (their table: `weights.py`). `params["layers"]` comes in two layouts: stacked, a
 dict whose leaves carry a leading layer axis [L, ...] (the layout `checkpoint.py` reads and writes; the blocks
@@ -8,7 +8,8 @@ there is about 2x faster per-layer (BENCHMARKS.md); compile time is the price.
 
 Entry points: `forward` (logits of every position), `prefill` (last logits and a KV cache), `decode_step` (one
 token per row against the cache, written in place) and `hidden_states` (block outputs). All run the blocks
-through one fold, `_blocks`; `Transformer` is a linen module binding the same params.
+through one fold, `_blocks`; `Transformer` is a linen module binding the same params. How each layer attends
+(its sliding window and rope) comes from `attention_kinds`.
 """
 
 from __future__ import annotations
@@ -19,13 +20,16 @@ from typing import Any, Callable, NamedTuple
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import struct
 
+from selfguard_jax.attention_kinds import AttentionKind, PerLayer, layer_kinds, window_mask
 from selfguard_jax.config import ModelConfig, rope_inv_freq
 from selfguard_jax.sharding import constrain
 from selfguard_jax.weights import KV_AXES, layers_are_stacked, weight_table
 
 Params = dict[str, Any]
+ACTIVATIONS = {"silu": jax.nn.silu, "gelu_pytorch_tanh": functools.partial(jax.nn.gelu, approximate=True)}
 NEG_INF = float(jnp.finfo(jnp.float32).min)
 ATTENTION_BLOCK = 512  # cache slots a decode step reads at a time, on caches of two blocks or more
 
@@ -55,27 +59,68 @@ def rms_norm(x: jax.Array, w: jax.Array, eps: float) -> jax.Array:
     return w * x32.astype(x.dtype)
 
 
-def rope_tables(cfg: ModelConfig, positions_BT: jax.Array, dtype: Any) -> tuple[jax.Array, jax.Array]:
-    """cos and sin [B, T, H] in the half-split layout (HF's rotate_half), computed in float32."""
-    inv_freq, attn_factor = rope_inv_freq(cfg)
-    freqs = positions_BT.astype(jnp.float32)[..., None] * jnp.asarray(inv_freq)[None, None, :]
-    emb = jnp.concatenate([freqs, freqs], axis=-1)
-    return (jnp.cos(emb) * attn_factor).astype(dtype), (jnp.sin(emb) * attn_factor).astype(dtype)
+def gemma_rms_norm(x: jax.Array, w: jax.Array, eps: float) -> jax.Array:
+    """Gemma's RMSNorm: scaled by (1 + w), all in float32, cast back last, as transformers does."""
+    x32 = x.astype(jnp.float32)
+    x32 = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + eps)
+    return (x32 * (1.0 + w.astype(jnp.float32))).astype(x.dtype)
 
 
-def apply_rope(x_BTNH: jax.Array, cos_BTH: jax.Array, sin_BTH: jax.Array) -> jax.Array:
-    half = x_BTNH.shape[-1] // 2
-    rotated = jnp.concatenate([-x_BTNH[..., half:], x_BTNH[..., :half]], axis=-1)
-    return x_BTNH * cos_BTH[:, :, None, :] + rotated * sin_BTH[:, :, None, :]
+def norm(cfg: ModelConfig, x: jax.Array, w: jax.Array) -> jax.Array:
+    return (gemma_rms_norm if cfg.gemma_norms else rms_norm)(x, w, cfg.rms_norm_eps)
 
 
-def attention(q_BTNH: jax.Array, k_BKSH: jax.Array, v_BKSH: jax.Array, mask_BTS: jax.Array) -> jax.Array:
-    """Grouped-query attention; scores and softmax in float32, probabilities cast back for the value product."""
+def embed(params: Params, cfg: ModelConfig, tokens: jax.Array) -> jax.Array:
+    """Token embeddings; Gemma's times sqrt(hidden), that factor rounded to the params dtype as transformers does."""
+    x = jnp.take(params["embed"], tokens, axis=0)
+    if cfg.embed_scale:
+        x = x * jnp.asarray(np.float32(cfg.hidden_size ** 0.5)).astype(x.dtype)
+    return x
+
+
+def rope_tables(cfg: ModelConfig, positions_BT: jax.Array, dtype: Any,
+                kind: AttentionKind | None = None) -> tuple[jax.Array, jax.Array]:
+    """cos and sin [B, T, R] (R the rotary dims) in the half-split layout (HF's rotate_half), computed in float32,
+    for one attention kind's rope (default: the config's full-attention one). LongRoPE takes its long factors
+    for the whole call once any position passes the original context length, as transformers does."""
+    theta, rope = (None, None) if kind is None else (kind.rope_theta, kind.rope)
+
+    def tables(inv_freq, attn_factor):
+        freqs = positions_BT.astype(jnp.float32)[..., None] * jnp.asarray(inv_freq)[None, None, :]
+        emb = jnp.concatenate([freqs, freqs], axis=-1)
+        return (jnp.cos(emb) * attn_factor).astype(dtype), (jnp.sin(emb) * attn_factor).astype(dtype)
+
+    short = tables(*rope_inv_freq(cfg, theta, rope))
+    if (rope or cfg.rope)["rope_type"] != "longrope":
+        return short
+    long = tables(*rope_inv_freq(cfg, theta, rope, long=True))
+    use_long = jnp.max(positions_BT) + 1 > (rope or cfg.rope)["original_max_position_embeddings"]
+    return jax.tree.map(lambda a, b: jnp.where(use_long, a, b), long, short)
+
+
+def apply_rope(x_BTNH: jax.Array, cos_BTR: jax.Array, sin_BTR: jax.Array) -> jax.Array:
+    """Rope over the first R dims of each head (all of them unless the rotary is partial); the rest pass."""
+    R = cos_BTR.shape[-1]
+    x, rest = x_BTNH[..., :R], x_BTNH[..., R:]
+    rotated = jnp.concatenate([-x[..., R // 2:], x[..., :R // 2]], axis=-1)
+    out = x * cos_BTR[:, :, None, :] + rotated * sin_BTR[:, :, None, :]
+    return out if R == x_BTNH.shape[-1] else jnp.concatenate([out, rest], axis=-1)
+
+
+def attention_scale(cfg: ModelConfig) -> float:
+    """The score scale: head_dim ** -0.5, or Gemma's query_pre_attn_scalar ** -0.5."""
+    return (cfg.head_dim if cfg.query_pre_attn_scalar is None else cfg.query_pre_attn_scalar) ** -0.5
+
+
+def attention(q_BTNH: jax.Array, k_BKSH: jax.Array, v_BKSH: jax.Array, mask_BTS: jax.Array,
+              scale: float | None = None) -> jax.Array:
+    """Grouped-query attention; scores and softmax in float32, probabilities cast back for the value product.
+    `scale` defaults to head_dim ** -0.5."""
     B, T, N, H = q_BTNH.shape
     K = k_BKSH.shape[1]
     q_BTKGH = q_BTNH.reshape(B, T, K, N // K, H)
     scores = jnp.einsum("btkgh,bksh->bkgts", q_BTKGH, k_BKSH, preferred_element_type=jnp.float32)
-    scores = scores * (H ** -0.5)
+    scores = scores * (H ** -0.5 if scale is None else scale)
     scores = jnp.where(mask_BTS[:, None, None, :, :], scores, NEG_INF)
     probs = jax.nn.softmax(scores, axis=-1).astype(v_BKSH.dtype)
     out = jnp.einsum("bkgts,bksh->btkgh", probs, v_BKSH)
@@ -83,7 +128,7 @@ def attention(q_BTNH: jax.Array, k_BKSH: jax.Array, v_BKSH: jax.Array, mask_BTS:
 
 
 def attention_blocks(q_BTNH: jax.Array, k_cache: Any, v_cache: Any, mask_BTS: jax.Array, attend_len: jax.Array,
-                     block: int = ATTENTION_BLOCK) -> jax.Array:
+                     block: int = ATTENTION_BLOCK, scale: float | None = None) -> jax.Array:
     """Attention over the cache's first `attend_len` slots, rounded up to whole blocks, with an online softmax:
     a block past the filled ones is skipped under `lax.cond`, so a step costs what rows have filled, not the
     preallocated length. The cache is a tuple of [B, K, block, H] arrays (`block_cache`: each block a buffer of
@@ -100,6 +145,7 @@ def attention_blocks(q_BTNH: jax.Array, k_cache: Any, v_cache: Any, mask_BTS: ja
                              "size it with decode.cache_length.")
     K = (k_cache[0] if isinstance(k_cache, tuple) else k_cache).shape[1]
     G = N // K
+    qk_scale = H ** -0.5 if scale is None else scale
     q_BTKGH = q_BTNH.reshape(B, T, K, G, H)
 
     def part(x, j: int) -> jax.Array:
@@ -109,7 +155,7 @@ def attention_blocks(q_BTNH: jax.Array, k_cache: Any, v_cache: Any, mask_BTS: ja
         m, l, acc = carry
         valid = mask_BTS[:, None, None, :, j * block:(j + 1) * block]
         s = jnp.einsum("btkgh,bksh->bkgts", q_BTKGH, part(k_cache, j), preferred_element_type=jnp.float32)
-        s = jnp.where(valid, s * (H ** -0.5), NEG_INF)
+        s = jnp.where(valid, s * qk_scale, NEG_INF)
         m_new = jnp.maximum(m, jnp.max(s, axis=-1))
         p = jnp.where(valid, jnp.exp(s - m_new[..., None]), 0.0)
         scale = jnp.exp(m - m_new)
@@ -170,7 +216,8 @@ def write_prompt(cache: KVCache, kv: KVCache, row: jax.Array) -> KVCache:
 
 
 def attend_blocked(q_BTNH: jax.Array, k_new_BKTH: jax.Array, v_new_BKTH: jax.Array, kv_in: tuple, mask_BTS: jax.Array,
-                   write_index: jax.Array, attend_len: jax.Array | None) -> tuple[jax.Array, tuple, tuple]:
+                   write_index: jax.Array, attend_len: jax.Array | None,
+                   scale: float | None = None) -> tuple[jax.Array, tuple, tuple]:
     """One decode step's write and attention over a blocked cache (`block_cache`), row group by row group: each
     group reads the blocks up to its own longest `attend_len` (scalar or [B]). Returns (attention [B, T, N, H],
     the layer's key groups, its value groups)."""
@@ -183,7 +230,7 @@ def attend_blocked(q_BTNH: jax.Array, k_new_BKTH: jax.Array, v_new_BKTH: jax.Arr
         r = slice(g * n, (g + 1) * n)
         keys.append(write_blocks(k_blocks, k_new_BKTH[r], index_B[r]))
         values.append(write_blocks(v_blocks, v_new_BKTH[r], index_B[r]))
-        outs.append(attention_blocks(q_BTNH[r], keys[-1], values[-1], mask_BTS[r], jnp.max(fill_B[r])))
+        outs.append(attention_blocks(q_BTNH[r], keys[-1], values[-1], mask_BTS[r], jnp.max(fill_B[r]), scale=scale))
     return jnp.concatenate(outs), tuple(keys), tuple(values)
 
 
@@ -217,41 +264,45 @@ def block(cfg: ModelConfig, lp: Params, x_BTD: jax.Array, cos: jax.Array, sin: j
     Returns the block output and this block's (k, v) [B, K, S, H]: the new tokens' keys without a cache, the
     updated cache with.
     """
-    h = rms_norm(x_BTD, lp["attn_norm"], cfg.rms_norm_eps)
+    h = norm(cfg, x_BTD, lp["attn_norm"])
     q = jnp.einsum("btd,dnh->btnh", h, lp["q"])
     k = jnp.einsum("btd,dkh->btkh", h, lp["k"])
     v = jnp.einsum("btd,dkh->btkh", h, lp["v"])
     if cfg.qkv_bias:
         q, k, v = q + lp["q_bias"], k + lp["k_bias"], v + lp["v_bias"]
     if cfg.qk_norm:
-        q = rms_norm(q, lp["q_norm"], cfg.rms_norm_eps)
-        k = rms_norm(k, lp["k_norm"], cfg.rms_norm_eps)
+        q, k = norm(cfg, q, lp["q_norm"]), norm(cfg, k, lp["k_norm"])
     q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
     k_BKTH, v_BKTH = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)
+    how = dict(scale=attention_scale(cfg))
     if kv_in is None:
         keys, values = k_BKTH, v_BKTH
-        attn_BTNH = attention(q, keys, values, mask_BTS)
+        attn_BTNH = attention(q, keys, values, mask_BTS, **how)
     elif isinstance(kv_in[0], tuple):  # a blocked cache (block_cache)
-        attn_BTNH, keys, values = attend_blocked(q, k_BKTH, v_BKTH, kv_in, mask_BTS, write_index, attend_len)
+        attn_BTNH, keys, values = attend_blocked(q, k_BKTH, v_BKTH, kv_in, mask_BTS, write_index, attend_len, **how)
     else:
         keys = write_slots(kv_in[0], k_BKTH, write_index)
         values = write_slots(kv_in[1], v_BKTH, write_index)
         if attend_len is None or keys.shape[2] < 2 * ATTENTION_BLOCK:  # short caches: one fused attention
-            attn_BTNH = attention(q, keys, values, mask_BTS)
+            attn_BTNH = attention(q, keys, values, mask_BTS, **how)
         else:
-            attn_BTNH = attention_blocks(q, keys, values, mask_BTS, jnp.max(attend_len))
+            attn_BTNH = attention_blocks(q, keys, values, mask_BTS, jnp.max(attend_len), **how)
     kv_out = (keys, values)
     B, T, N, H = attn_BTNH.shape
     # one [B*T, N*H] x [N*H, D] product: XLA:CPU transposed the [N, H, D] weight (a copy every step) otherwise
     out = jnp.einsum("btx,xd->btd", attn_BTNH.reshape(B, T, N * H), lp["o"].reshape(N * H, -1))
     if cfg.o_bias:
         out = out + lp["o_bias"]
+    if cfg.gemma_norms:
+        out = norm(cfg, out, lp["post_attn_norm"])
     x_BTD = x_BTD + out
-    h = rms_norm(x_BTD, lp["mlp_norm"], cfg.rms_norm_eps)
+    h = norm(cfg, x_BTD, lp["mlp_norm"])
     gate = jnp.einsum("btd,df->btf", h, lp["gate"])
     up = jnp.einsum("btd,df->btf", h, lp["up"])
-    x_BTD = x_BTD + jnp.einsum("btf,fd->btd", jax.nn.silu(gate) * up, lp["down"])
-    return x_BTD, kv_out
+    out = jnp.einsum("btf,fd->btd", ACTIVATIONS[cfg.hidden_act](gate) * up, lp["down"])
+    if cfg.gemma_norms:
+        out = norm(cfg, out, lp["post_mlp_norm"])
+    return x_BTD + out, kv_out
 
 
 def forward(params: Params, cfg: ModelConfig, tokens_BT: jax.Array, positions_BT: jax.Array, mask_BTS: jax.Array,
@@ -313,15 +364,17 @@ def hf_hidden_states(params: Params, cfg: ModelConfig, tokens_BT: jax.Array, mas
     """Transformers' `output_hidden_states` as float32 [L + 1, B, T, D] ([L + 1, B, D] at token at_B[b] of each
     row): [0] the embeddings, [k + 1] the output of block k, the last one final-normed as transformers returns it."""
     blocks = hidden_states(params, cfg, tokens_BT, mask_BT, at_B=at_B, steer=steer, scan_layers=scan_layers)
-    embeds = jnp.take(params["embed"], tokens_BT if at_B is None else tokens_BT[jnp.arange(len(at_B)), at_B], axis=0)
-    last = rms_norm(blocks[-1], params["final_norm"], cfg.rms_norm_eps)
+    embeds = embed(params, cfg, tokens_BT if at_B is None else tokens_BT[jnp.arange(len(at_B)), at_B])
+    last = norm(cfg, blocks[-1], params["final_norm"])
     return jnp.concatenate([embeds[None], blocks[:-1], last[None]]).astype(jnp.float32)
 
 
 def _logits(params: Params, cfg: ModelConfig, x_BTD: jax.Array) -> jax.Array:
-    x_BTD = rms_norm(x_BTD, params["final_norm"], cfg.rms_norm_eps)
+    x_BTD = norm(cfg, x_BTD, params["final_norm"])
     head = params["embed"].T if cfg.tie_word_embeddings else params["lm_head"]
-    return jnp.einsum("btd,dv->btv", x_BTD, head, preferred_element_type=jnp.float32)
+    logits = jnp.einsum("btd,dv->btv", x_BTD, head, preferred_element_type=jnp.float32)
+    cap = cfg.final_logit_softcapping
+    return logits if cap is None else jnp.tanh(logits / cap) * cap
 
 
 def _blocks(params: Params, cfg: ModelConfig, tokens_BT: jax.Array, positions_BT: jax.Array, mask_BTS: jax.Array, *,
@@ -331,18 +384,18 @@ def _blocks(params: Params, cfg: ModelConfig, tokens_BT: jax.Array, positions_BT
     """Embed, then the L blocks as one fold. Returns (x_BTD, kv, picked): kv is the cache with the new tokens
     written at `write_index` when a cache is given, else this call's keys/values when `keep_kv` (in the layout of
     the layer params), else None; picked is pick(block output) stacked [L, ...], or None without `pick`."""
-    if cfg.sliding_window is not None and mask_BTS.shape[-1] > cfg.sliding_window:
-        raise ValueError(f"sequence length {mask_BTS.shape[-1]} exceeds the sliding window {cfg.sliding_window} "
-                         "of this config; sliding-window attention is not implemented, use shorter inputs.")
-    x_BTD = jnp.take(params["embed"], tokens_BT, axis=0)
-    cos, sin = rope_tables(cfg, positions_BT, x_BTD.dtype)
+    x_BTD = embed(params, cfg, tokens_BT)
+    kinds, layer_kind = layer_kinds(cfg)  # each kind its own window and rope, picked per layer
+    masks = PerLayer(layer_kind, tuple(window_mask(mask_BTS, k.window) for k in kinds))
+    ropes = PerLayer(layer_kind, tuple(rope_tables(cfg, positions_BT, x_BTD.dtype, k) for k in kinds))
 
     def body(carry, lp, add_D, i):
         x, cache = carry
         if add_D is not None:
             x = x + (steer.gate_BT[:, :, None] * add_D[None, None, :]).astype(x.dtype)
         kv_in = None if cache is None else (cache.k[i], cache.v[i])
-        x, (k, v) = block(cfg, lp, x, cos, sin, mask_BTS, kv_in, write_index, attend_len)
+        cos, sin = ropes.at(i)
+        x, (k, v) = block(cfg, lp, x, cos, sin, masks.at(i), kv_in, write_index, attend_len)
         if cache is not None:
             cache = _set_layer(cache, i, k, v)
         kv = KVCache(k, v) if keep_kv and cache is None else None
