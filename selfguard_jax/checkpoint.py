@@ -204,7 +204,10 @@ def export_hf(params: Params, cfg: ModelConfig, out_dir: str | Path, tokenizer_f
             tensors[w.hf[0]] = np.ascontiguousarray(w.to_hf(host))
         else:
             for i, key in enumerate(w.hf):
-                tensors[key] = np.ascontiguousarray(w.to_hf(host[i]))
+                part = w.to_hf(host[i])
+                if w.hf_rows is not None:  # rows of a fused tensor (Phi-3): placed into it
+                    part = _fill_rows(tensors.setdefault(key, np.empty(w.hf_shape, part.dtype)), w.hf_rows, part)
+                tensors[key] = np.ascontiguousarray(part)
     hf_cfg = cfg.to_hf_dict()
     hf_cfg["dtype"] = str(np.dtype(params["embed"].dtype).name)
     require_space(out, sum(t.nbytes for t in tensors.values()))
@@ -214,6 +217,11 @@ def export_hf(params: Params, cfg: ModelConfig, out_dir: str | Path, tokenizer_f
         if tokenizer_from is not None:
             copy_tokenizer(tokenizer_from, tmp)
     return out
+
+
+def _fill_rows(fused: np.ndarray, rows: tuple[int, int], part: np.ndarray) -> np.ndarray:
+    fused[rows[0]:rows[1]] = part
+    return fused
 
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja",

@@ -25,7 +25,8 @@ INIT_STD = 0.02
 @dataclasses.dataclass(frozen=True)
 class Weight:
     """One param: our `shape` and logical `axes`; its HF key(s) and the HF tensor shape `hf_shape` (per layer);
-    `transpose` when the HF tensor is torch's Linear [out, in] (ours is [in, out], then reshaped); `init` is
+    `transpose` when the HF tensor is torch's Linear [out, in] (ours is [in, out], then reshaped); `hf_rows`
+    (start, stop) when it is a slice of rows of a fused HF tensor (Phi-3's qkv_proj and gate_up_proj); `init` is
     "normal" (std INIT_STD), "ones" or "zeros"."""
 
     shape: tuple[int, ...]
@@ -34,6 +35,7 @@ class Weight:
     hf_shape: tuple[int, ...]
     transpose: bool = False
     init: str = "normal"
+    hf_rows: tuple[int, int] | None = None
 
     @property
     def stacked(self) -> bool:
@@ -46,12 +48,16 @@ class Weight:
 
     def to_ours(self, w_hf: np.ndarray) -> np.ndarray:
         """One HF tensor (one layer's, for a layer weight) in our layout."""
+        if self.hf_rows is not None:
+            w_hf = w_hf[self.hf_rows[0]:self.hf_rows[1]]
         return (w_hf.T if self.transpose else w_hf).reshape(self.layer_shape)
 
     def to_hf(self, w: np.ndarray) -> np.ndarray:
-        """Inverse of `to_ours`: one of our tensors (one layer's) in the HF layout."""
-        hf_shape = self.hf_shape[::-1] if self.transpose else self.hf_shape
-        w = w.reshape(hf_shape)
+        """Inverse of `to_ours`: one of our tensors (one layer's) in the HF layout (its rows, for a fused one)."""
+        hf_shape = self.hf_shape
+        if self.hf_rows is not None:
+            hf_shape = (self.hf_rows[1] - self.hf_rows[0], *hf_shape[1:])
+        w = w.reshape(hf_shape[::-1] if self.transpose else hf_shape)
         return w.T if self.transpose else w
 
     def initial(self, key: jax.Array, dtype: Any) -> jax.Array:
@@ -67,25 +73,45 @@ def weight_table(cfg: ModelConfig) -> dict[str, Any]:
     L, D, N, K, H, F, V = (cfg.num_layers, cfg.hidden_size, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim,
                            cfg.intermediate_size, cfg.vocab_size)
 
-    def layer(name: str, shape, axes, hf_shape, transpose=False, init="normal") -> Weight:
+    norm_init = "zeros" if cfg.gemma_norms else "ones"  # Gemma's norms scale by (1 + w)
+
+    def layer(name: str, shape, axes, hf_shape, transpose=False, init="normal", hf_rows=None) -> Weight:
         keys = tuple(f"model.layers.{i}.{name}" for i in range(L))
-        return Weight((L, *shape), ("layers", *axes), keys, hf_shape, transpose, init)
+        return Weight((L, *shape), ("layers", *axes), keys, hf_shape, transpose, init, hf_rows)
 
-    def linear(name: str, shape, axes) -> Weight:
+    def linear(name: str, shape, axes, fused: tuple[int, int, int] | None = None) -> Weight:
+        """A projection; `fused` = (start, stop, total rows) when it is rows of a fused HF tensor."""
         n_in = D if axes[0] == "embed" else int(np.prod(shape[:-1]))
-        return layer(f"{name}.weight", shape, axes, (int(np.prod(shape)) // n_in, n_in), transpose=True)
+        n_out = int(np.prod(shape)) // n_in
+        if fused is None:
+            return layer(f"{name}.weight", shape, axes, (n_out, n_in), transpose=True)
+        return layer(f"{name}.weight", shape, axes, (fused[2], n_in), transpose=True, hf_rows=fused[:2])
 
+    def norm(name: str, size: int, axis: str) -> Weight:
+        return layer(f"{name}.weight", (size,), (axis,), (size,), init=norm_init)
+
+    if cfg.model_type == "phi3":  # fused projections, split on load
+        qkv = (N + 2 * K) * H
+        q_rows, k_rows, v_rows = (0, N * H, qkv), (N * H, (N + K) * H, qkv), ((N + K) * H, qkv, qkv)
+        names = dict.fromkeys(("q", "k", "v"), "self_attn.qkv_proj") | dict.fromkeys(("gate", "up"), "mlp.gate_up_proj")
+        rows = {"q": q_rows, "k": k_rows, "v": v_rows, "gate": (0, F, 2 * F), "up": (F, 2 * F, 2 * F)}
+    else:
+        names = {n: f"self_attn.{n}_proj" for n in "qkv"} | {n: f"mlp.{n}_proj" for n in ("gate", "up")}
+        rows = dict.fromkeys(names)
     layers = {
-        "attn_norm": layer("input_layernorm.weight", (D,), ("embed",), (D,), init="ones"),
-        "q": linear("self_attn.q_proj", (D, N, H), ("embed", "heads", "head_dim")),
-        "k": linear("self_attn.k_proj", (D, K, H), ("embed", "kv_heads", "head_dim")),
-        "v": linear("self_attn.v_proj", (D, K, H), ("embed", "kv_heads", "head_dim")),
+        "attn_norm": norm("input_layernorm", D, "embed"),
+        "q": linear(names["q"], (D, N, H), ("embed", "heads", "head_dim"), rows["q"]),
+        "k": linear(names["k"], (D, K, H), ("embed", "kv_heads", "head_dim"), rows["k"]),
+        "v": linear(names["v"], (D, K, H), ("embed", "kv_heads", "head_dim"), rows["v"]),
         "o": linear("self_attn.o_proj", (N, H, D), ("heads", "head_dim", "embed")),
-        "mlp_norm": layer("post_attention_layernorm.weight", (D,), ("embed",), (D,), init="ones"),
-        "gate": linear("mlp.gate_proj", (D, F), ("embed", "mlp")),
-        "up": linear("mlp.up_proj", (D, F), ("embed", "mlp")),
+        "mlp_norm": norm("pre_feedforward_layernorm" if cfg.gemma_norms else "post_attention_layernorm", D, "embed"),
+        "gate": linear(names["gate"], (D, F), ("embed", "mlp"), rows["gate"]),
+        "up": linear(names["up"], (D, F), ("embed", "mlp"), rows["up"]),
         "down": linear("mlp.down_proj", (F, D), ("mlp", "embed")),
     }
+    if cfg.gemma_norms:  # norms after attention and after the MLP too
+        layers |= {"post_attn_norm": norm("post_attention_layernorm", D, "embed"),
+                   "post_mlp_norm": norm("post_feedforward_layernorm", D, "embed")}
     if cfg.qkv_bias:
         layers |= {
             "q_bias": layer("self_attn.q_proj.bias", (N, H), ("heads", "head_dim"), (N * H,), init="zeros"),
@@ -95,12 +121,11 @@ def weight_table(cfg: ModelConfig) -> dict[str, Any]:
     if cfg.o_bias:
         layers["o_bias"] = layer("self_attn.o_proj.bias", (D,), ("embed",), (D,), init="zeros")
     if cfg.qk_norm:
-        layers |= {"q_norm": layer("self_attn.q_norm.weight", (H,), ("head_dim",), (H,), init="ones"),
-                   "k_norm": layer("self_attn.k_norm.weight", (H,), ("head_dim",), (H,), init="ones")}
+        layers |= {"q_norm": norm("self_attn.q_norm", H, "head_dim"), "k_norm": norm("self_attn.k_norm", H, "head_dim")}
     table: dict[str, Any] = {
         "embed": Weight((V, D), ("vocab", "embed"), ("model.embed_tokens.weight",), (V, D)),
         "layers": layers,
-        "final_norm": Weight((D,), ("embed",), ("model.norm.weight",), (D,), init="ones"),
+        "final_norm": Weight((D,), ("embed",), ("model.norm.weight",), (D,), init=norm_init),
     }
     if not cfg.tie_word_embeddings:
         table["lm_head"] = Weight((D, V), ("embed", "vocab"), ("lm_head.weight",), (V, D), transpose=True)

@@ -25,10 +25,34 @@ SPECS = {
     "mistral_gqa": ("MistralConfig", "MistralForCausalLM",
                     dict(num_attention_heads=4, num_key_value_heads=2, sliding_window=None)),
 }
+# Gemma 3 (text): sliding and global layers with their own rope bases (the global one linearly scaled), a window
+# shorter than the test sequences, QK-norm, query_pre_attn_scalar != head_dim, soft-capped logits.
+GEMMA_SPECS = {
+    "gemma3": ("Gemma3TextConfig", "Gemma3ForCausalLM",
+               dict(num_attention_heads=4, num_key_value_heads=2, head_dim=16, num_hidden_layers=4, sliding_window=5,
+                    layer_types=["sliding_attention", "full_attention", "sliding_attention", "sliding_attention"],
+                    rope_local_base_freq=100.0, rope_theta=5000.0, rope_scaling={"rope_type": "linear", "factor": 2.0},
+                    query_pre_attn_scalar=24, final_logit_softcapping=3.0,
+                    tie_word_embeddings=True)),
+    # as released: pattern of 6 (5 sliding, then one global), no soft-capping, one KV head
+    "gemma3_pattern": ("Gemma3TextConfig", "Gemma3ForCausalLM",
+                       dict(num_attention_heads=2, num_key_value_heads=1, head_dim=32, num_hidden_layers=7,
+                            sliding_window=4, query_pre_attn_scalar=32, rope_theta=1_000_000.0)),
+}
+# Phi-3: fused qkv_proj / gate_up_proj, partial rotary (Phi-4-mini's 0.75) and LongRoPE past a short original context.
+PHI3_SPECS = {
+    "phi3_longrope": ("Phi3Config", "Phi3ForCausalLM",
+                      dict(num_attention_heads=4, num_key_value_heads=2, partial_rotary_factor=0.75,
+                           original_max_position_embeddings=8, max_position_embeddings=64,
+                           rope_scaling={"rope_type": "longrope", "short_factor": [1.0, 1.3, 1.7, 2.1, 2.9, 3.3],
+                                         "long_factor": [1.5, 2.5, 4.0, 6.0, 9.0, 12.0]})),
+    "phi3_plain": ("Phi3Config", "Phi3ForCausalLM", dict(num_attention_heads=4, num_key_value_heads=4)),
+}
+ALL_SPECS = {**SPECS, **GEMMA_SPECS, **PHI3_SPECS}
 
 
 def make_hf_model(name: str, seed: int = 0, **overrides) -> torch.nn.Module:
-    cfg_cls, model_cls, extra = SPECS[name]
+    cfg_cls, model_cls, extra = ALL_SPECS[name]
     cfg = getattr(transformers, cfg_cls)(**{**COMMON, **extra, **overrides})
     torch.manual_seed(seed)
     model = getattr(transformers, model_cls)(cfg).eval()
