@@ -337,8 +337,8 @@ def _longrope(hf: dict, params: dict) -> tuple[tuple[str, Any], ...]:
     if not isinstance(orig, int) or orig < 1:
         raise ConfigError(f"config.json rope type 'longrope' needs a positive integer "
                           f"'original_max_position_embeddings', got {orig!r}.")
-    half = int((hf.get("head_dim") or hf["hidden_size"] // hf["num_attention_heads"])
-               * _partial_rotary_factor(hf, 0)) // 2
+    head_dim = hf.get("head_dim") or hf["hidden_size"] // hf["num_attention_heads"]
+    half = int(head_dim * _partial_rotary_factor(hf, head_dim)) // 2
     out: dict[str, Any] = {"original_max_position_embeddings": orig}
     for key in ("short_factor", "long_factor"):
         value = params.get(key)

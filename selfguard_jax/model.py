@@ -23,6 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
+from selfguard_jax import longrope
 from selfguard_jax.attention_kinds import AttentionKind, PerLayer, layer_kinds, window_mask
 from selfguard_jax.config import ModelConfig, rope_inv_freq
 from selfguard_jax.sharding import constrain
@@ -81,8 +82,9 @@ def embed(params: Params, cfg: ModelConfig, tokens: jax.Array) -> jax.Array:
 def rope_tables(cfg: ModelConfig, positions_BT: jax.Array, dtype: Any,
                 kind: AttentionKind | None = None) -> tuple[jax.Array, jax.Array]:
     """cos and sin [B, T, R] (R the rotary dims) in the half-split layout (HF's rotate_half), computed in float32,
-    for one attention kind's rope (default: the config's full-attention one). LongRoPE takes its long factors
-    for the whole call once any position passes the original context length, as transformers does."""
+    for one attention kind's rope (default: the config's full-attention one). LongRoPE takes its long factors for
+    a row's whole call once one of its positions passes the original context length: transformers' choice at
+    batch 1 (it decides over the whole batch), so that a row's output does not depend on the other rows."""
     theta, rope = (None, None) if kind is None else (kind.rope_theta, kind.rope)
 
     def tables(inv_freq, attn_factor):
@@ -94,7 +96,7 @@ def rope_tables(cfg: ModelConfig, positions_BT: jax.Array, dtype: Any,
     if (rope or cfg.rope)["rope_type"] != "longrope":
         return short
     long = tables(*rope_inv_freq(cfg, theta, rope, long=True))
-    use_long = jnp.max(positions_BT) + 1 > (rope or cfg.rope)["original_max_position_embeddings"]
+    use_long = jnp.max(positions_BT, axis=1)[:, None, None] + 1 > (rope or cfg.rope)["original_max_position_embeddings"]
     return jax.tree.map(lambda a, b: jnp.where(use_long, a, b), long, short)
 
 
@@ -258,11 +260,12 @@ def write_slots(cache_BKSH: jax.Array, new_BKTH: jax.Array, index: jax.Array) ->
 
 def block(cfg: ModelConfig, lp: Params, x_BTD: jax.Array, cos: jax.Array, sin: jax.Array, mask_BTS: jax.Array,
           kv_in: tuple[jax.Array, jax.Array] | None, write_index: jax.Array | None,
-          attend_len: jax.Array | None = None):
+          attend_len: jax.Array | None = None, switch: tuple[jax.Array, jax.Array] | None = None):
     """One decoder block. Without kv_in it attends over its own keys; with it, writes them at write_index first.
 
     Returns the block output and this block's (k, v) [B, K, S, H]: the new tokens' keys without a cache, the
-    updated cache with.
+    updated cache with. `switch` (longrope.switch_step) re-rotates the cached keys of rows passing LongRoPE's
+    original context.
     """
     h = norm(cfg, x_BTD, lp["attn_norm"])
     q = jnp.einsum("btd,dnh->btnh", h, lp["q"])
@@ -275,6 +278,8 @@ def block(cfg: ModelConfig, lp: Params, x_BTD: jax.Array, cos: jax.Array, sin: j
     q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
     k_BKTH, v_BKTH = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)
     how = dict(scale=attention_scale(cfg))
+    if switch is not None and kv_in is not None:
+        kv_in = (longrope.to_long(cfg, kv_in[0], switch), kv_in[1])
     if kv_in is None:
         keys, values = k_BKTH, v_BKTH
         attn_BTNH = attention(q, keys, values, mask_BTS, **how)
@@ -388,6 +393,7 @@ def _blocks(params: Params, cfg: ModelConfig, tokens_BT: jax.Array, positions_BT
     kinds, layer_kind = layer_kinds(cfg)  # each kind its own window and rope, picked per layer
     masks = PerLayer(layer_kind, tuple(window_mask(mask_BTS, k.window) for k in kinds))
     ropes = PerLayer(layer_kind, tuple(rope_tables(cfg, positions_BT, x_BTD.dtype, k) for k in kinds))
+    switch = None if cache is None else longrope.switch_step(cfg, positions_BT, mask_BTS[:, -1, :])
 
     def body(carry, lp, add_D, i):
         x, cache = carry
@@ -395,7 +401,7 @@ def _blocks(params: Params, cfg: ModelConfig, tokens_BT: jax.Array, positions_BT
             x = x + (steer.gate_BT[:, :, None] * add_D[None, None, :]).astype(x.dtype)
         kv_in = None if cache is None else (cache.k[i], cache.v[i])
         cos, sin = ropes.at(i)
-        x, (k, v) = block(cfg, lp, x, cos, sin, masks.at(i), kv_in, write_index, attend_len)
+        x, (k, v) = block(cfg, lp, x, cos, sin, masks.at(i), kv_in, write_index, attend_len, switch)
         if cache is not None:
             cache = _set_layer(cache, i, k, v)
         kv = KVCache(k, v) if keep_kv and cache is None else None
