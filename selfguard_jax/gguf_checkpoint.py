@@ -17,7 +17,8 @@ import numpy as np
 from selfguard_jax.checkpoint import CheckpointError
 
 # GGUF `general.architecture` -> the HF architecture it is loaded as. llama.cpp files Mistral models as llama.
-ARCHITECTURES = {"llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM", "qwen3": "Qwen3ForCausalLM"}
+ARCHITECTURES = {"llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM", "qwen3": "Qwen3ForCausalLM",
+                 "gemma3": "Gemma3ForCausalLM"}
 # Tensor types dequantised here (all through gguf.quants); others are refused by name.
 TENSOR_TYPES = ("F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K")
 
@@ -33,7 +34,16 @@ _BLOCK_NAMES = {
     "ffn_gate.weight": "mlp.gate_proj.weight", "ffn_up.weight": "mlp.up_proj.weight",
     "ffn_down.weight": "mlp.down_proj.weight",
 }
+# Gemma 3 norms around attention and the MLP (llama.cpp's ffn_norm is the norm before the MLP in both families).
+_GEMMA3_BLOCK_NAMES = _BLOCK_NAMES | {
+    "ffn_norm.weight": "pre_feedforward_layernorm.weight",
+    "post_attention_norm.weight": "post_attention_layernorm.weight",
+    "post_ffw_norm.weight": "post_feedforward_layernorm.weight",
+}
 _BLOCK = re.compile(r"blk\.(\d+)\.(.+)")
+# llama.cpp has no key for these; it fixes them in code for gemma3 (as transformers' GGUF reader does): every 6th
+# layer global, the rest sliding with rope base 10000.
+GEMMA3_SLIDING_PATTERN, GEMMA3_LOCAL_ROPE_BASE = 6, 10000.0
 
 
 def is_gguf(path: str | Path) -> bool:
@@ -47,13 +57,14 @@ def is_gguf(path: str | Path) -> bool:
         return f.read(4) == b"GGUF"
 
 
-def hf_name(gguf_name: str) -> str | None:
-    """The HF tensor name of a GGUF tensor name; None when this project has no use for it."""
+def hf_name(gguf_name: str, arch: str = "llama") -> str | None:
+    """The HF tensor name of a GGUF tensor name of architecture `arch`; None when this project has no use for it."""
     if gguf_name in _GLOBAL_NAMES:
         return _GLOBAL_NAMES[gguf_name]
+    names = _GEMMA3_BLOCK_NAMES if arch == "gemma3" else _BLOCK_NAMES
     m = _BLOCK.fullmatch(gguf_name)
-    if m and m.group(2) in _BLOCK_NAMES:
-        return f"model.layers.{m.group(1)}.{_BLOCK_NAMES[m.group(2)]}"
+    if m and m.group(2) in names:
+        return f"model.layers.{m.group(1)}.{names[m.group(2)]}"
     return None
 
 
@@ -86,7 +97,7 @@ class GGUFFile:
         self.tensors: dict[str, Any] = {}
         unknown = []
         for t in self.reader.tensors:
-            name = hf_name(t.name)
+            name = hf_name(t.name, self.arch)
             if name is None:
                 unknown.append(t.name)
             self.tensors[name or t.name] = t
@@ -151,7 +162,26 @@ class GGUFFile:
             orig = self.field(a + "rope.scaling.original_context_length")
             if orig is not None:
                 hf["rope_scaling"]["original_max_position_embeddings"] = int(orig)
+        if self.arch == "gemma3":
+            hf |= self._gemma3_config(hf)
         return hf
+
+    def _gemma3_config(self, hf: dict[str, Any]) -> dict[str, Any]:
+        """Gemma 3's fields beyond the Llama ones. The file carries no query_pre_attn_scalar: llama.cpp scales the
+        query by head_dim ** -0.5 for every size but 27B, and transformers' reader keeps its default 256 (the same
+        for every size whose head_dim is 256, 270M included); a 27B file (head_dim 128, its configs' scalar 168)
+        is refused rather than guessed."""
+        if hf["head_dim"] != 256:
+            raise CheckpointError(f"{self.path.name}: a Gemma 3 GGUF with head_dim {hf['head_dim']} (27B) does not "
+                                  "say its query_pre_attn_scalar; load the original HF folder instead.")
+        L = hf["num_hidden_layers"]
+        cap = self.field("gemma3.final_logit_softcapping")
+        return {"model_type": "gemma3_text", "hidden_activation": "gelu_pytorch_tanh", "query_pre_attn_scalar": 256,
+                "sliding_window": self._int("gemma3.attention.sliding_window"),
+                "layer_types": ["sliding_attention" if (i + 1) % GEMMA3_SLIDING_PATTERN else "full_attention"
+                                for i in range(L)],
+                "rope_local_base_freq": GEMMA3_LOCAL_ROPE_BASE,
+                "final_logit_softcapping": None if cap is None else float(cap)}
 
     def keys(self) -> set[str]:
         return set(self.tensors)
@@ -172,6 +202,8 @@ class GGUFFile:
             raw = np.frombuffer(f.read(t.n_bytes), dtype=t.data.dtype).reshape(t.data.shape)
         w = np.asarray(dequantize(raw, t.tensor_type), np.float32)
         w = w.reshape([int(n) for n in reversed(t.shape)])
+        if self.arch == "gemma3" and key.endswith("norm.weight"):
+            w = w - 1  # llama.cpp stores Gemma's (1 + w) norm scales with the one added
         if self.arch == "llama" and ".self_attn.q_proj." in key:
             w = unpermute_qk(w, self._int(self.arch + ".attention.head_count"))
         elif self.arch == "llama" and ".self_attn.k_proj." in key:
