@@ -29,6 +29,7 @@ from selfguard_jax.evaluate import datasets, judges, metrics, report
 from selfguard_jax.evaluate.answer_text import prompt_opens_thinking
 from selfguard_jax.evaluate.eval_config import ConfigError, EvalConfig, dataset_label
 from selfguard_jax.safe_write import write_text
+from selfguard_jax.spec import Sampling
 
 __all__ = ["ConfigError", "EvalConfig", "generate_stage", "judge_stage", "report_stage", "init_distributed"]
 BARRIER_POLL_S = 5.0
@@ -113,19 +114,16 @@ def generate_stage(cfg: EvalConfig, lm=None) -> dict[str, dict]:
         batch_size = int(gen.pop("batch_size", 8))
         stats, promised = {}, {}
         for recipe in cfg.build_recipes(model_config=lm.config):
-            run_kw = recipe.generate_kwargs(lm.tokenizer, vectors, norms)
-            if gen.get("max_new_tokens") and run_kw["thinking"] is None:  # two-phase recipes keep their caps
-                run_kw["max_new_tokens"] = int(gen["max_new_tokens"])
+            sampling = Sampling(**{k: gen[k] for k in ("temperature", "top_p", "top_k", "seed") if k in gen})
+            request = recipe.spec(lm.tokenizer, vectors, norms, max_new_tokens=gen.get("max_new_tokens"),
+                                  sampling=sampling)
             markers = recipe.markers(lm.tokenizer)  # None: the model does not think, all it writes is answer
-            if run_kw["thinking"] is None and markers is not None:
-                run_kw["think_end_ids"] = list(markers.end_ids)
-            max_new = run_kw["max_new_tokens"]
+            max_new = request.budget()
             prompt_text = lm.tokenizer.decode(recipe.prompt_ids(lm.tokenizer, "x"))
             think_open = markers is not None and prompt_opens_thinking(prompt_text, markers.start, markers.end)
-            kwargs = {k: gen[k] for k in ("temperature", "top_p", "top_k", "seed") if k in gen}
 
-            def run(batch, run_kw=run_kw, kwargs=kwargs):
-                return lm.generate(batch, slots=batch_size, **run_kw, **kwargs)
+            def run(batch, request=request):
+                return lm.generate(batch, request, slots=batch_size)
 
             extra = {"recipe": recipe.name, "think_open": think_open, "spliced": _spliced(recipe),
                      "think_markers": None if markers is None else [markers.start, markers.end]}
