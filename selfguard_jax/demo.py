@@ -14,7 +14,7 @@ from pathlib import Path
 
 import yaml
 
-from selfguard_jax import batch_io, extract
+from selfguard_jax import batch_io, extract, lm as lm_mod
 from selfguard_jax.evaluate import datasets, judges, metrics, report
 from selfguard_jax.organism import CHECKPOINT, HELDOUT
 from selfguard_jax.selfguard import extract_selfguard
@@ -45,8 +45,6 @@ def heldout(limit_per_kind: int | None = None) -> list[dict]:
 
 def run_demo(out_dir: str | Path = "runs/demo", limit_per_kind: int | None = None, batch_size: int = 16) -> str:
     """Run the demo and return the printed table (Markdown)."""
-    from selfguard_jax import lm as lm_mod
-
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     preset = organism_preset()

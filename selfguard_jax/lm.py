@@ -11,7 +11,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from selfguard_jax import checkpoint, decode, gguf_checkpoint
+from selfguard_jax import checkpoint, decode, gguf_checkpoint, tensor_source
 from selfguard_jax.config import ModelConfig
 from selfguard_jax.model import (Params, SteerInput, Transformer, causal_mask, forward, hf_hidden_states,
                                  layers_are_stacked, positions_from_mask, stack_layers, unstack_layers)
@@ -154,14 +154,13 @@ def load(path: str | Path, dtype: str = "float32", tokenizer: bool = True, scan_
     With a mesh, each tensor goes straight onto its NamedSharding as it is read (host memory peaks near the
     largest tensor, not the checkpoint)."""
     folder = Path(path)
-    gguf = not folder.is_dir() and gguf_checkpoint.is_gguf(folder)
+    gguf = tensor_source.is_gguf_file(folder)
     if not folder.is_dir() and not gguf:
         raise FileNotFoundError(f"model folder {folder} does not exist (Hub ids are not fetched here: download "
                                 "the checkpoint first, e.g. with `huggingface-cli download`).")
     if scan_layers not in (None, True, False):
         raise ValueError(f"scan_layers must be True, False or None (the backend's default), got {scan_layers!r}.")
-    source = gguf_checkpoint.GGUFFile(folder) if gguf else folder
-    cfg = ModelConfig.from_dict(source.hf_config()) if gguf else ModelConfig.from_pretrained(folder)
+    cfg = tensor_source.read_config(folder)
     policy = ExecutionPolicy.for_platform(jax.devices()[0].platform, scan_layers)
     scan_layers = policy.scan_layers
     shardings = None
@@ -176,7 +175,8 @@ def load(path: str | Path, dtype: str = "float32", tokenizer: bool = True, scan_
     else:
         place = None if shardings is None else (
             lambda p, a: jax.device_put(a, functools.reduce(lambda node, key: node[key], p, shardings)))
-        params = checkpoint.load_params(source, cfg, dtype, place, per_layer=not scan_layers)
+        params = checkpoint.load_params(tensor_source.open_tensors(folder), cfg, dtype, place,
+                                        per_layer=not scan_layers)
     tok = (gguf_checkpoint.load_tokenizer(folder) if gguf else load_tokenizer(folder)) if tokenizer else None
     return LM(config=cfg, params=params, tokenizer=tok, path=str(folder), mesh=mesh, execution=policy)
 

@@ -18,10 +18,11 @@ from tqdm.auto import tqdm
 from selfguard_jax.evaluate.judges import judge_refusal
 from selfguard_jax.evaluate.metrics import refusal_rate
 from selfguard_jax.evaluate.report import format_estimate
-from selfguard_jax.extract import OversteerWarning, oversteer_report
+from selfguard_jax.extract import OversteerWarning, oversteer_report, residual_norms
 from selfguard_jax.fluency import fluency
 from selfguard_jax.spec import GenerationSpec
 from selfguard_jax.steering import Steering
+from selfguard_jax.vector_files import load_vectors
 
 
 def run_sweep(lm, vectors: np.ndarray, layer_sets: Sequence[Sequence[int]], alphas: Sequence[float],
@@ -67,9 +68,6 @@ def run_sweep(lm, vectors: np.ndarray, layer_sets: Sequence[Sequence[int]], alph
 def reference_norms(lm, vector_path: str | Path, prompts: Sequence[Sequence[int]]) -> np.ndarray:
     """The residual norms the over-steering check compares with: those recorded in a vector file written by
     `extract`, else (an .svec or .gguf records none) measured on `prompts` (extract.residual_norms)."""
-    from selfguard_jax.extract import residual_norms
-    from selfguard_jax.vector_files import load_vectors
-
     if Path(vector_path).suffix == ".safetensors":
         norms = load_vectors(vector_path)[1].extra.get("residual_norms")
         if norms:
