@@ -18,7 +18,7 @@ from selfguard_jax import batch_io, extract, lm as lm_mod
 from selfguard_jax.evaluate import datasets, judges, metrics, report
 from selfguard_jax.organism import CHECKPOINT, HELDOUT
 from selfguard_jax.selfguard import extract_selfguard
-from selfguard_jax.recipes import get_recipe
+from selfguard_jax.recipes import Recipe, get_recipe
 
 DEMO_RECIPES = ("vanilla", "prompt-only", "selfguard", "saferemind", "selfguard+saferemind")
 PRESET = Path(__file__).resolve().parent / "organism" / "preset.yaml"
@@ -43,6 +43,15 @@ def heldout(limit_per_kind: int | None = None) -> list[dict]:
     return rows
 
 
+def demo_recipe(name: str, preset: dict) -> Recipe:
+    """A recipe with the organism's preset: its protocol caps and threshold, and for the steering recipes only, its
+    layers and alpha."""
+    keys = ("threshold", "max_think_tokens", "max_answer_tokens")
+    if get_recipe(name).steers:
+        keys += ("steer_layers", "steer_alpha")
+    return get_recipe(name, **{k: preset[k] for k in keys})
+
+
 def run_demo(out_dir: str | Path = "runs/demo", limit_per_kind: int | None = None, batch_size: int = 16) -> str:
     """Run the demo and return the printed table (Markdown)."""
     out = Path(out_dir)
@@ -59,10 +68,7 @@ def run_demo(out_dir: str | Path = "runs/demo", limit_per_kind: int | None = Non
     records = heldout(limit_per_kind)
     table, throughput, rows_by_recipe = {}, {}, {}
     for name in DEMO_RECIPES:
-        keys = ("threshold", "max_think_tokens", "max_answer_tokens")
-        if get_recipe(name).steers:  # only the steering recipes take the organism's layers and alpha
-            keys += ("steer_layers", "steer_alpha")
-        recipe = get_recipe(name, **{k: preset[k] for k in keys})
+        recipe = demo_recipe(name, preset)
         spec = recipe.spec(lm.tokenizer, vectors)
         path = out / "generations" / f"{name}__heldout.jsonl"
         path.unlink(missing_ok=True)
