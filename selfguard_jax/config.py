@@ -16,6 +16,7 @@ SUPPORTED_ARCHITECTURES = {
     "Qwen2ForCausalLM": "qwen2",
     "Qwen3ForCausalLM": "qwen3",
     "MistralForCausalLM": "mistral",
+    "Qwen3MoeForCausalLM": "qwen3_moe",
 }
 SUPPORTED_ROPE_TYPES = ("default", "linear", "llama3", "yarn")
 
@@ -48,6 +49,11 @@ class ModelConfig:
     bos_token_id: int | None = None
     eos_token_ids: tuple[int, ...] = ()
     pad_token_id: int | None = None
+    num_experts: int = 0
+    num_experts_per_tok: int = 0
+    moe_intermediate_size: int = 0
+    norm_topk_prob: bool = False
+    moe_layers: tuple[int, ...] = ()
 
     @property
     def model_type(self) -> str:
@@ -70,8 +76,10 @@ class ModelConfig:
         per_layer += h * (n + 2 * k) if self.qkv_bias else 0
         per_layer += d if self.o_bias else 0
         per_layer += 2 * h if self.qk_norm else 0
+        sparse = len(self.moe_layers)
+        moe = sparse * self.num_experts * (d + 3 * d * self.moe_intermediate_size) - sparse * 3 * d * f
         head = 0 if self.tie_word_embeddings else d * self.vocab_size
-        return L * per_layer + self.vocab_size * d + d + head
+        return L * per_layer + moe + self.vocab_size * d + d + head
 
     @classmethod
     def from_dict(cls, hf: dict[str, Any]) -> "ModelConfig":
@@ -110,8 +118,8 @@ class ModelConfig:
             rms_norm_eps=float(hf.get("rms_norm_eps", 1e-6)),
             tie_word_embeddings=bool(hf.get("tie_word_embeddings", False)),
             qkv_bias=True if model_type == "qwen2" else attention_bias,
-            o_bias=attention_bias if model_type in ("llama", "qwen3", "mistral") else False,
-            qk_norm=model_type == "qwen3",
+            o_bias=attention_bias if model_type in ("llama", "qwen3", "mistral", "qwen3_moe") else False,
+            qk_norm=model_type in ("qwen3", "qwen3_moe"),
             rope_theta=_rope_theta(hf),
             rope_scaling=_rope_scaling(hf),
             max_position_embeddings=int(hf.get("max_position_embeddings", 4096)),
@@ -119,6 +127,7 @@ class ModelConfig:
             bos_token_id=hf.get("bos_token_id"),
             eos_token_ids=_as_ids(hf.get("eos_token_id")),
             pad_token_id=hf.get("pad_token_id"),
+            **_moe_fields(hf, model_type),
         )
 
     @classmethod
@@ -179,8 +188,13 @@ class ModelConfig:
         out["rope_parameters"] = rope
         if self.model_type != "qwen2":
             out["attention_bias"] = self.o_bias
-        if self.model_type in ("qwen2", "qwen3"):
+        if self.model_type in ("qwen2", "qwen3", "qwen3_moe"):
             out["use_sliding_window"] = False
+        if self.model_type == "qwen3_moe":
+            out |= {"num_experts": self.num_experts, "num_experts_per_tok": self.num_experts_per_tok,
+                    "moe_intermediate_size": self.moe_intermediate_size, "norm_topk_prob": self.norm_topk_prob,
+                    "decoder_sparse_step": 1,
+                    "mlp_only_layers": [i for i in range(self.num_layers) if i not in self.moe_layers]}
         if self.model_type == "mistral":
             out["sliding_window"] = self.sliding_window
         return out
@@ -268,16 +282,40 @@ def _rope_scaling(hf: dict) -> tuple[tuple[str, Any], ...]:
     return (("rope_type", rope_type),) + tuple(sorted(clean.items()))
 
 
+def _moe_fields(hf: dict, model_type: str) -> dict[str, Any]:
+    """The routed-experts fields of a mixture-of-experts config; `moe_layers` lists the sparse blocks (Qwen3-MoE:
+    every `decoder_sparse_step`-th block not in `mlp_only_layers`, as transformers builds them)."""
+    if model_type != "qwen3_moe":
+        return {}
+    experts = hf.get("num_experts", hf.get("num_local_experts", 128))
+    for key, value in (("num_experts", experts), ("num_experts_per_tok", hf.get("num_experts_per_tok", 8)),
+                       ("moe_intermediate_size", hf.get("moe_intermediate_size", 768)),
+                       ("decoder_sparse_step", hf.get("decoder_sparse_step", 1))):
+        if not isinstance(value, int) or isinstance(value, bool) or value < (key != "num_experts"):
+            raise ConfigError(f"config.json field {key!r} is {value!r}; expected a positive integer.")
+    k, step = hf.get("num_experts_per_tok", 8), hf.get("decoder_sparse_step", 1)
+    if experts and k > experts:
+        raise ConfigError(f"config.json field 'num_experts_per_tok' is {k}, more than num_experts ({experts}).")
+    dense = hf.get("mlp_only_layers") or []
+    if not isinstance(dense, list) or not all(isinstance(i, int) and not isinstance(i, bool) for i in dense):
+        raise ConfigError(f"config.json field 'mlp_only_layers' is {dense!r}; expected a list of layer indices.")
+    layers = range(hf["num_hidden_layers"])
+    return {"num_experts": experts, "num_experts_per_tok": k,
+            "moe_intermediate_size": hf.get("moe_intermediate_size", 768),
+            "norm_topk_prob": bool(hf.get("norm_topk_prob", False)),
+            "moe_layers": tuple(i for i in layers if experts and i not in dense and (i + 1) % step == 0)}
+
+
 def _sliding_window(hf: dict, model_type: str) -> int | None:
     """The window if sliding-window attention is active anywhere; the model refuses sequences beyond it."""
     layer_types = hf.get("layer_types")
     if layer_types and any(t != "full_attention" for t in layer_types):
-        if model_type in ("qwen2", "qwen3") and not hf.get("use_sliding_window", False):
+        if model_type in ("qwen2", "qwen3", "qwen3_moe") and not hf.get("use_sliding_window", False):
             return None
         raise ConfigError(
             f"config.json field 'layer_types' mixes attention kinds ({sorted(set(layer_types))}); "
             "only full attention is implemented.")
-    if model_type in ("qwen2", "qwen3"):
+    if model_type in ("qwen2", "qwen3", "qwen3_moe"):
         if hf.get("use_sliding_window", False):
             raise ConfigError("config.json field 'use_sliding_window'=true is not supported; set it to false "
                               "(full attention) only if the checkpoint was trained that way.")

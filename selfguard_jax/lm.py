@@ -154,7 +154,7 @@ def load(path: str | Path, dtype: str = "float32", tokenizer: bool = True, scan_
         stacked = None if shardings is None else param_shardings(cfg, mesh)
         params = checkpoint.restore_orbax(folder, cfg, dtype, stacked)
         if not scan_layers:
-            params = unstack_layers(params)
+            params = unstack_layers(params, cfg)
             params = params if shardings is None else jax.tree.map(jax.device_put, params, shardings)
     else:
         place = None if shardings is None else (
