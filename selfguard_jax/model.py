@@ -70,21 +70,27 @@ def apply_rope(x_BTNH: jax.Array, cos_BTH: jax.Array, sin_BTH: jax.Array) -> jax
     return x_BTNH * cos_BTH[:, :, None, :] + rotated * sin_BTH[:, :, None, :]
 
 
-def attention(q_BTNH: jax.Array, k_BKSH: jax.Array, v_BKSH: jax.Array, mask_BTS: jax.Array) -> jax.Array:
-    """Grouped-query attention; scores and softmax in float32, probabilities cast back for the value product."""
+def attention(q_BTNH: jax.Array, k_BKSH: jax.Array, v_BKSH: jax.Array, mask_BTS: jax.Array,
+              sinks_N: jax.Array | None = None) -> jax.Array:
+    """Grouped-query attention; scores and softmax in float32, probabilities cast back for the value product.
+    `sinks_N` (gpt-oss): one learned logit per head that joins the softmax and carries no value."""
     B, T, N, H = q_BTNH.shape
     K = k_BKSH.shape[1]
     q_BTKGH = q_BTNH.reshape(B, T, K, N // K, H)
     scores = jnp.einsum("btkgh,bksh->bkgts", q_BTKGH, k_BKSH, preferred_element_type=jnp.float32)
     scores = scores * (H ** -0.5)
     scores = jnp.where(mask_BTS[:, None, None, :, :], scores, NEG_INF)
-    probs = jax.nn.softmax(scores, axis=-1).astype(v_BKSH.dtype)
+    if sinks_N is not None:
+        sink = jnp.broadcast_to(sinks_N.astype(jnp.float32).reshape(1, K, N // K, 1, 1), (*scores.shape[:-1], 1))
+        probs = jax.nn.softmax(jnp.concatenate([scores, sink], axis=-1), axis=-1)[..., :-1].astype(v_BKSH.dtype)
+    else:
+        probs = jax.nn.softmax(scores, axis=-1).astype(v_BKSH.dtype)
     out = jnp.einsum("bkgts,bksh->btkgh", probs, v_BKSH)
     return out.reshape(B, T, N, H)
 
 
 def attention_blocks(q_BTNH: jax.Array, k_cache: Any, v_cache: Any, mask_BTS: jax.Array, attend_len: jax.Array,
-                     block: int = ATTENTION_BLOCK) -> jax.Array:
+                     block: int = ATTENTION_BLOCK, sinks_N: jax.Array | None = None) -> jax.Array:
     """Attention over the cache's first `attend_len` slots, rounded up to whole blocks, with an online softmax:
     a block past the filled ones is skipped under `lax.cond`, so a step costs what rows have filled, not the
     preallocated length. The cache is a tuple of [B, K, block, H] arrays (`block_cache`: each block a buffer of
@@ -118,8 +124,12 @@ def attention_blocks(q_BTNH: jax.Array, k_cache: Any, v_cache: Any, mask_BTS: ja
         pv = jnp.einsum("bkgts,bksh->bkgth", p.astype(v.dtype), v, preferred_element_type=jnp.float32)
         return m_new, l * scale + jnp.sum(p, axis=-1), acc * scale[..., None] + pv
 
-    carry = (jnp.full((B, K, G, T), NEG_INF, jnp.float32), jnp.zeros((B, K, G, T), jnp.float32),
-             jnp.zeros((B, K, G, T, H), jnp.float32))
+    if sinks_N is None:
+        carry = (jnp.full((B, K, G, T), NEG_INF, jnp.float32), jnp.zeros((B, K, G, T), jnp.float32),
+                 jnp.zeros((B, K, G, T, H), jnp.float32))
+    else:  # the sink starts the running softmax: max at its logit, its exp (one) in the sum, nothing in the values
+        sink = jnp.broadcast_to(sinks_N.astype(jnp.float32).reshape(1, K, G, 1), (B, K, G, T))
+        carry = (sink, jnp.ones((B, K, G, T), jnp.float32), jnp.zeros((B, K, G, T, H), jnp.float32))
     n_used = (attend_len + block - 1) // block
     carry = update(0, carry)
     for j in range(1, n):
@@ -171,7 +181,8 @@ def write_prompt(cache: KVCache, kv: KVCache, row: jax.Array) -> KVCache:
 
 
 def attend_blocked(q_BTNH: jax.Array, k_new_BKTH: jax.Array, v_new_BKTH: jax.Array, kv_in: tuple, mask_BTS: jax.Array,
-                   write_index: jax.Array, attend_len: jax.Array | None) -> tuple[jax.Array, tuple, tuple]:
+                   write_index: jax.Array, attend_len: jax.Array | None,
+                   sinks_N: jax.Array | None = None) -> tuple[jax.Array, tuple, tuple]:
     """One decode step's write and attention over a blocked cache (`block_cache`), row group by row group: each
     group reads the blocks up to its own longest `attend_len` (scalar or [B]). Returns (attention [B, T, N, H],
     the layer's key groups, its value groups)."""
@@ -184,7 +195,8 @@ def attend_blocked(q_BTNH: jax.Array, k_new_BKTH: jax.Array, v_new_BKTH: jax.Arr
         r = slice(g * n, (g + 1) * n)
         keys.append(write_blocks(k_blocks, k_new_BKTH[r], index_B[r]))
         values.append(write_blocks(v_blocks, v_new_BKTH[r], index_B[r]))
-        outs.append(attention_blocks(q_BTNH[r], keys[-1], values[-1], mask_BTS[r], jnp.max(fill_B[r])))
+        outs.append(attention_blocks(q_BTNH[r], keys[-1], values[-1], mask_BTS[r], jnp.max(fill_B[r]),
+                                     sinks_N=sinks_N))
     return jnp.concatenate(outs), tuple(keys), tuple(values)
 
 
@@ -229,18 +241,19 @@ def block(cfg: ModelConfig, lp: Params, x_BTD: jax.Array, cos: jax.Array, sin: j
         k = rms_norm(k, lp["k_norm"], cfg.rms_norm_eps)
     q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
     k_BKTH, v_BKTH = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)
+    sinks = lp.get("sinks")
     if kv_in is None:
         keys, values = k_BKTH, v_BKTH
-        attn_BTNH = attention(q, keys, values, mask_BTS)
+        attn_BTNH = attention(q, keys, values, mask_BTS, sinks)
     elif isinstance(kv_in[0], tuple):  # a blocked cache (block_cache)
-        attn_BTNH, keys, values = attend_blocked(q, k_BKTH, v_BKTH, kv_in, mask_BTS, write_index, attend_len)
+        attn_BTNH, keys, values = attend_blocked(q, k_BKTH, v_BKTH, kv_in, mask_BTS, write_index, attend_len, sinks)
     else:
         keys = write_slots(kv_in[0], k_BKTH, write_index)
         values = write_slots(kv_in[1], v_BKTH, write_index)
         if attend_len is None or keys.shape[2] < 2 * ATTENTION_BLOCK:  # short caches: one fused attention
-            attn_BTNH = attention(q, keys, values, mask_BTS)
+            attn_BTNH = attention(q, keys, values, mask_BTS, sinks)
         else:
-            attn_BTNH = attention_blocks(q, keys, values, mask_BTS, jnp.max(attend_len))
+            attn_BTNH = attention_blocks(q, keys, values, mask_BTS, jnp.max(attend_len), sinks_N=sinks)
     kv_out = (keys, values)
     B, T, N, H = attn_BTNH.shape
     # one [B*T, N*H] x [N*H, D] product: XLA:CPU transposed the [N, H, D] weight (a copy every step) otherwise
@@ -339,13 +352,14 @@ def _blocks(params: Params, cfg: ModelConfig, tokens_BT: jax.Array, positions_BT
                          "of this config; sliding-window attention is not implemented, use shorter inputs.")
     x_BTD = jnp.take(params["embed"], tokens_BT, axis=0)
     cos, sin = rope_tables(cfg, positions_BT, x_BTD.dtype)
+    layer_mask = _windowed_masks(cfg, positions_BT, mask_BTS, cache is not None)
 
     def body(carry, lp, add_D, i):
         x, cache = carry
         if add_D is not None:
             x = x + (steer.gate_BT[:, :, None] * add_D[None, None, :]).astype(x.dtype)
         kv_in = None if cache is None else (cache.k[i], cache.v[i])
-        x, (k, v) = block(cfg, lp, x, cos, sin, mask_BTS, kv_in, write_index, attend_len)
+        x, (k, v) = block(cfg, lp, x, cos, sin, layer_mask(i), kv_in, write_index, attend_len)
         if cache is not None:
             cache = _set_layer(cache, i, k, v)
         kv = KVCache(k, v) if keep_kv and cache is None else None
@@ -358,6 +372,25 @@ def _blocks(params: Params, cfg: ModelConfig, tokens_BT: jax.Array, positions_BT
     if isinstance(picked, tuple):
         picked = jnp.stack(picked)
     return x_BTD, cache if cache is not None else kv, picked
+
+
+def _windowed_masks(cfg: ModelConfig, positions_BT: jax.Array, mask_BTS: jax.Array,
+                    cached: bool) -> Callable[[Any], jax.Array]:
+    """i -> block i's mask: `mask_BTS`, and for a sliding-window block (`layer_windows`) only the keys less than
+    the window behind the query in position. Key positions: the inputs' own, or with a cache, each valid slot's
+    count of valid slots before it (the positions `positions_from_mask` gives). The window is applied as a mask:
+    a sliding block reads the whole cache like a full one."""
+    if not any(cfg.layer_windows):
+        return lambda i: mask_BTS
+    k_pos_BS = jnp.cumsum(mask_BTS[:, -1], axis=-1) - 1 if cached else positions_BT
+    dist_BTS = positions_BT[:, :, None] - k_pos_BS[:, None, :]
+    windows_L = jnp.asarray(cfg.layer_windows, jnp.int32)
+
+    def mask(i) -> jax.Array:
+        w = windows_L[i]
+        return mask_BTS & ((w == 0) | (dist_BTS < w))
+
+    return mask
 
 
 def _fold(params: Params, cfg: ModelConfig, scan_layers: bool, body: Callable, carry: Any, add_LD: jax.Array | None):

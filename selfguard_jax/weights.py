@@ -116,7 +116,20 @@ def weight_table(cfg: ModelConfig) -> dict[str, Any]:
         layers |= {"gate": linear("mlp.gate_proj", (D, F), ("embed", "mlp"), dense),
                    "up": linear("mlp.up_proj", (D, F), ("embed", "mlp"), dense),
                    "down": linear("mlp.down_proj", (F, D), ("mlp", "embed"), dense)}
-    if sparse:
+    if sparse and cfg.moe_style == "gpt_oss":  # experts stored [E, in, out], gate and up interleaved
+        I, E = cfg.moe_intermediate_size, cfg.num_experts
+        layers |= {
+            "router": linear("mlp.router", (D, E), ("embed", None), sparse),
+            "router_bias": layer("mlp.router.bias", (E,), (None,), (E,), init="zeros", ids=sparse),
+            "expert_gate_up": layer("mlp.experts.gate_up_proj", (E, D, 2 * I), ("expert", "embed", "expert_mlp"),
+                                    (E, D, 2 * I), ids=sparse),
+            "expert_gate_up_bias": layer("mlp.experts.gate_up_proj_bias", (E, 2 * I), ("expert", "expert_mlp"),
+                                         (E, 2 * I), init="zeros", ids=sparse),
+            "expert_down": layer("mlp.experts.down_proj", (E, I, D), ("expert", "expert_mlp", "embed"), (E, I, D),
+                                 ids=sparse),
+            "expert_down_bias": layer("mlp.experts.down_proj_bias", (E, D), ("expert", "embed"), (E, D),
+                                      init="zeros", ids=sparse)}
+    elif sparse:
         I, E = cfg.moe_intermediate_size, cfg.num_experts
         layers |= {"router": linear("mlp.gate", (D, E), ("embed", None), sparse),
                    "expert_gate": experts("gate_proj", (D, I), ("embed", "expert_mlp")),
@@ -130,6 +143,8 @@ def weight_table(cfg: ModelConfig) -> dict[str, Any]:
         }
     if cfg.o_bias:
         layers["o_bias"] = layer("self_attn.o_proj.bias", (D,), ("embed",), (D,), init="zeros")
+    if cfg.attention_sinks:
+        layers["sinks"] = layer("self_attn.sinks", (N,), ("heads",), (N,))
     if cfg.qk_norm:
         layers |= {"q_norm": layer("self_attn.q_norm.weight", (H,), ("head_dim",), (H,), init="ones"),
                    "k_norm": layer("self_attn.k_norm.weight", (H,), ("head_dim",), (H,), init="ones")}

@@ -33,6 +33,12 @@ SPECS = {
                         dict(num_attention_heads=4, num_key_value_heads=4, head_dim=16, num_experts=6,
                              num_experts_per_tok=3, moe_intermediate_size=24, norm_topk_prob=False,
                              mlp_only_layers=[0], decoder_sparse_step=1)),
+    # sliding (window 4), full, sliding; sinks; YaRN; top 2 of 8 with router bias; a SwiGLU limit of 0.1 so both
+    # clamps bite on these small activations
+    "gpt_oss": ("GptOssConfig", "GptOssForCausalLM",
+                dict(num_attention_heads=4, num_key_value_heads=2, head_dim=16, num_local_experts=8,
+                     num_experts_per_tok=2, intermediate_size=32, sliding_window=4, swiglu_limit=0.1,
+                     layer_types=["sliding_attention", "full_attention", "sliding_attention"])),
 }
 
 
@@ -41,7 +47,7 @@ def make_hf_model(name: str, seed: int = 0, **overrides) -> torch.nn.Module:
     cfg = getattr(transformers, cfg_cls)(**{**COMMON, **extra, **overrides})
     torch.manual_seed(seed)
     model = getattr(transformers, model_cls)(cfg).eval()
-    if getattr(cfg, "num_experts", 0):  # the reference: transformers' plain loop over the experts
+    if getattr(cfg, "num_local_experts", 0) or getattr(cfg, "num_experts", 0):  # the reference: transformers' plain loop over the experts
         model.set_experts_implementation("eager")
     with torch.no_grad():  # norms at one hide bugs: give every norm and bias a random value
         for pname, p in model.named_parameters():
