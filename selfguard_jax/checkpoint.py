@@ -17,6 +17,7 @@ import numpy as np
 from safetensors import SafetensorError, safe_open
 from safetensors.numpy import save_file
 
+from selfguard_jax import mxfp4
 from selfguard_jax.config import ModelConfig
 from selfguard_jax.model import Params, stack_layers
 from selfguard_jax.safe_write import atomic_folder, require_space
@@ -50,7 +51,8 @@ def _shard_keys(path: Path) -> list[str]:
 
 class SafetensorsFolder:
     """The tensors of an HF folder, opened lazily and read one at a time. A sharded checkpoint is read through
-    its index only (a stale shard beside it is ignored); without an index, a tensor in two files is an error."""
+    its index only (a stale shard beside it is ignored); without an index, a tensor in two files is an error.
+    An MXFP4 pair `<name>_blocks` / `<name>_scales` (gpt-oss experts) is presented as `<name>`, dequantised."""
 
     def __init__(self, folder: str | Path):
         self.folder = Path(folder)
@@ -98,12 +100,18 @@ class SafetensorsFolder:
         return where
 
     def keys(self) -> set[str]:
-        return set(self.where)
+        pairs = {k[:-len("_blocks")] for k in self.where if k.endswith("_blocks") and k[:-7] + "_scales" in self.where}
+        return (set(self.where) - {p + s for p in pairs for s in ("_blocks", "_scales")}) | pairs
 
     def file_of(self, key: str) -> Path:
-        return self.where[key]
+        return self.where.get(key) or self.where[key + "_blocks"]
 
     def get(self, key: str) -> np.ndarray:
+        if key not in self.where and key + "_blocks" in self.where and key + "_scales" in self.where:
+            return mxfp4.dequantize(self._read(key + "_blocks"), self._read(key + "_scales"))
+        return self._read(key)
+
+    def _read(self, key: str) -> np.ndarray:
         if key not in self.where:
             raise CheckpointError(f"tensor {key!r} is missing from {self.folder}; the checkpoint is incomplete "
                                   "or belongs to another architecture than config.json says.")

@@ -42,6 +42,16 @@ SPECS = {
 }
 
 
+MOE_SPECS = ("qwen3_moe", "qwen3_moe_mixed", "gpt_oss")
+
+
+def spec_params() -> list:
+    """SPECS names for parametrize, the mixture-of-experts ones marked slow (test_moe.py covers them fast)."""
+    import pytest
+
+    return [pytest.param(n, marks=pytest.mark.slow) if n in MOE_SPECS else n for n in SPECS]
+
+
 def make_hf_model(name: str, seed: int = 0, **overrides) -> torch.nn.Module:
     cfg_cls, model_cls, extra = SPECS[name]
     cfg = getattr(transformers, cfg_cls)(**{**COMMON, **extra, **overrides})
