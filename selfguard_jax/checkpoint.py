@@ -19,15 +19,12 @@ from safetensors.numpy import save_file
 
 from selfguard_jax import mxfp4
 from selfguard_jax.config import ModelConfig
+from selfguard_jax.errors import CheckpointError
 from selfguard_jax.model import Params, stack_layers
 from selfguard_jax.safe_write import atomic_folder, require_space
 from selfguard_jax.weights import Weight, layers_are_stacked, param_shapes, weight_table
 
 DTYPES = {"float32": np.float32, "bfloat16": ml_dtypes.bfloat16, "float16": np.float16}
-
-
-class CheckpointError(ValueError):
-    """A checkpoint folder this project cannot load exactly; the message says what is wrong and how to fix it."""
 
 
 INDEX_GLOB = "*.safetensors.index.json"

@@ -11,6 +11,8 @@ from typing import Any
 
 import numpy as np
 
+from selfguard_jax.errors import ConfigError
+
 SUPPORTED_ARCHITECTURES = {
     "LlamaForCausalLM": "llama",
     "Qwen2ForCausalLM": "qwen2",
@@ -20,10 +22,6 @@ SUPPORTED_ARCHITECTURES = {
     "GptOssForCausalLM": "gpt_oss",
 }
 SUPPORTED_ROPE_TYPES = ("default", "linear", "llama3", "yarn")
-
-
-class ConfigError(ValueError):
-    """A config.json this project cannot run exactly; the message names the field and the fix."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -141,13 +139,12 @@ class ModelConfig:
 
     @classmethod
     def from_pretrained(cls, path: str | Path) -> "ModelConfig":
-        """Read `config.json` (and `generation_config.json` EOS ids, if present) from a model folder, or the
-        metadata of a GGUF model file."""
+        """Read `config.json` (and `generation_config.json` EOS ids, if present) from a model folder (a GGUF
+        file's config: `tensor_source.read_config`)."""
         folder = Path(path)
-        if folder.suffix.lower() == ".gguf" and not folder.is_dir():
-            from selfguard_jax.gguf_checkpoint import GGUFFile
-
-            return cls.from_dict(GGUFFile(folder).hf_config())
+        if not folder.is_dir() and folder.suffix.lower() == ".gguf":
+            raise ConfigError(f"{folder} is a GGUF file, not a model folder; read its config with "
+                              "selfguard_jax.tensor_source.read_config (sgj.load takes either).")
         cfg_file = folder / "config.json"
         if not cfg_file.is_file():
             raise ConfigError(f"{cfg_file} not found: a model folder needs the Hugging Face config.json.")

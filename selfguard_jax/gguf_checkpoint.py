@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from selfguard_jax.checkpoint import CheckpointError
+from selfguard_jax.errors import CheckpointError
 
 # GGUF `general.architecture` -> the HF architecture it is loaded as. llama.cpp files Mistral models as llama.
 ARCHITECTURES = {"llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM", "qwen3": "Qwen3ForCausalLM",

@@ -62,7 +62,7 @@ def test_decode_loop_updates_the_cache_in_place(hf_dirs, scan_layers):
     lm = sgj.load(folder, scan_layers=scan_layers)
     assert lm.scan_layers == scan_layers
     B, T, N = 3, 16, 32  # B * T must not equal a weight dimension, or prefill activations look like weights
-    hlo = decode.lower(lm, [[1] * T] * B, max_new_tokens=N).compile().as_text()
+    hlo = decode.lower(lm, [[1] * T] * B, sgj.GenerationSpec(max_new_tokens=N)).compile().as_text()
     c = lm.config
     slab = f"{B},{c.num_kv_heads},{T + N},{c.head_dim}"
     cache = f"f32[{c.num_layers},{slab}]" if scan_layers else f"f32[{slab}]"

@@ -109,7 +109,7 @@ def test_every_junction_equals_the_authors_retokenisation(r1, criteria, quantile
         threshold = float(np.quantile(ents, quantile))
     recipe = get_recipe("saferemind", criterion=criteria, threshold=threshold, max_reminders=max_num_remind,
                         max_think_tokens=60, max_answer_tokens=8)
-    out = lm.generate(prompts, **recipe.generate_kwargs(tok))
+    out = lm.generate(prompts, recipe.spec(tok))
     triggers = 0
     for b, q in enumerate(QUESTIONS):
         template = tok.apply_chat_template([{"role": "user", "content": q}], tokenize=False,

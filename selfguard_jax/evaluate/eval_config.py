@@ -10,8 +10,10 @@ from typing import Any, Mapping
 
 import yaml
 
+from selfguard_jax.errors import ConfigError
 from selfguard_jax.evaluate.datasets import DATASETS
 from selfguard_jax.evaluate.judges import check_judges
+from selfguard_jax.recipes import get_recipe
 
 # allowed keys of each nested mapping, with the types their values must have
 GENERATION_KEYS = {"batch_size": int, "max_new_tokens": int, "temperature": (int, float), "top_p": (int, float),
@@ -23,10 +25,6 @@ DATASET_KEYS = {"name": str, "path": str, "split": str, "label": str, "limit": i
                 "style": str}
 LOAD_KEYS = {k: v for k, v in DATASET_KEYS.items() if k not in ("name", "label")}
 GUARD_PROTOCOLS = ("saferemind", "selfguard")
-
-
-class ConfigError(ValueError):
-    """An eval config with an unknown key, a value of the wrong type, or a repeated label."""
 
 
 def _check_mapping(where: str, value: Any, keys: Mapping[str, Any], required: tuple[str, ...] = ()) -> dict:
@@ -127,8 +125,6 @@ class EvalConfig:
     def build_recipes(self, model_config: Any = None) -> list:
         """The Recipe objects, labels applied (a recipe entry is a name, or {recipe, label, field: value}); with the
         loaded model's config, steering layers/alpha an entry does not set come from the model's preset."""
-        from selfguard_jax.recipes import get_recipe
-
         out = []
         for i, item in enumerate(self.recipes):
             if isinstance(item, str):

@@ -24,11 +24,15 @@ from typing import Any, Iterator
 import jax
 import numpy as np
 
-from selfguard_jax import batch_io, chat
+from selfguard_jax import batch_io, chat, lm as lm_mod
 from selfguard_jax.evaluate import datasets, judges, metrics, report
 from selfguard_jax.evaluate.answer_text import prompt_opens_thinking
 from selfguard_jax.evaluate.eval_config import ConfigError, EvalConfig, dataset_label
 from selfguard_jax.safe_write import write_text
+from selfguard_jax.selfguard import extract_selfguard
+from selfguard_jax.sharding import make_mesh
+from selfguard_jax.spec import Sampling
+from selfguard_jax.vector_files import load_any, load_vectors, save_vectors
 
 __all__ = ["ConfigError", "EvalConfig", "generate_stage", "judge_stage", "report_stage", "init_distributed"]
 BARRIER_POLL_S = 5.0
@@ -93,14 +97,10 @@ def _spliced(recipe) -> list[str]:
 
 def generate_stage(cfg: EvalConfig, lm=None) -> dict[str, dict]:
     """Generate every (recipe, dataset) pair not yet finished; returns per-pair throughput stats."""
-    from selfguard_jax import lm as lm_mod
-
     init_distributed(cfg.distributed)
     out = Path(cfg.out_dir)
     with run_lock(out):
         if lm is None:
-            from selfguard_jax.sharding import make_mesh
-
             # each process meshes its own local devices and decodes its own slice of rows: no cross-host
             # collectives in the decode loop, so hosts never wait on each other
             mesh = make_mesh(**cfg.mesh, devices=jax.local_devices()) if cfg.mesh else None
@@ -113,19 +113,16 @@ def generate_stage(cfg: EvalConfig, lm=None) -> dict[str, dict]:
         batch_size = int(gen.pop("batch_size", 8))
         stats, promised = {}, {}
         for recipe in cfg.build_recipes(model_config=lm.config):
-            run_kw = recipe.generate_kwargs(lm.tokenizer, vectors, norms)
-            if gen.get("max_new_tokens") and run_kw["thinking"] is None:  # two-phase recipes keep their caps
-                run_kw["max_new_tokens"] = int(gen["max_new_tokens"])
+            sampling = Sampling(**{k: gen[k] for k in ("temperature", "top_p", "top_k", "seed") if k in gen})
+            request = recipe.spec(lm.tokenizer, vectors, norms, max_new_tokens=gen.get("max_new_tokens"),
+                                  sampling=sampling)
             markers = recipe.markers(lm.tokenizer)  # None: the model does not think, all it writes is answer
-            if run_kw["thinking"] is None and markers is not None:
-                run_kw["think_end_ids"] = list(markers.end_ids)
-            max_new = run_kw["max_new_tokens"]
+            max_new = request.budget()
             prompt_text = lm.tokenizer.decode(recipe.prompt_ids(lm.tokenizer, "x"))
             think_open = markers is not None and prompt_opens_thinking(prompt_text, markers.start, markers.end)
-            kwargs = {k: gen[k] for k in ("temperature", "top_p", "top_k", "seed") if k in gen}
 
-            def run(batch, run_kw=run_kw, kwargs=kwargs):
-                return lm.generate(batch, slots=batch_size, **run_kw, **kwargs)
+            def run(batch, request=request):
+                return lm.generate(batch, request, slots=batch_size)
 
             extra = {"recipe": recipe.name, "think_open": think_open, "spliced": _spliced(recipe),
                      "think_markers": None if markers is None else [markers.start, markers.end]}
@@ -149,8 +146,6 @@ def generate_stage(cfg: EvalConfig, lm=None) -> dict[str, dict]:
 
 def _recorded_norms(cfg: EvalConfig, out: Path) -> np.ndarray | None:
     """The residual norms recorded with the steering vectors (extract's .safetensors), None for other formats."""
-    from selfguard_jax.vector_files import load_vectors
-
     path = Path(cfg.vector) if cfg.vector else out / "vector.safetensors"
     if path.suffix != ".safetensors" or not path.is_file():
         return None
@@ -160,14 +155,10 @@ def _recorded_norms(cfg: EvalConfig, out: Path) -> np.ndarray | None:
 
 def _vectors(cfg: EvalConfig, lm, out: Path) -> np.ndarray | None:
     """Steering vectors from cfg.vector, or extracted once into the run directory per cfg.extract."""
-    from selfguard_jax.vector_files import load_any
-
     if cfg.vector:
         return load_any(cfg.vector, lm.config.num_layers, lm.config.hidden_size)[0]
     if not cfg.extract:
         return None
-    from selfguard_jax.selfguard import extract_selfguard
-    from selfguard_jax.vector_files import load_vectors, save_vectors
 
     path = out / "vector.safetensors"
     if path.is_file():
@@ -251,8 +242,6 @@ def judge_stage(cfg: EvalConfig, guard_lm=None, timeout_s: float = BARRIER_TIMEO
 
 
 def _guard(cfg: EvalConfig, guard_lm):
-    from selfguard_jax import lm as lm_mod
-
     spec = cfg.llama_guard or {}
     if guard_lm is None:
         if "model" not in spec:
