@@ -253,7 +253,7 @@ def test_gpt_oss_routed_block_equals_transformers(hf_dirs, tokens):
 
 def test_sinks_in_the_blockwise_attention_equal_the_fused_one():
     """The sink starts the blockwise running softmax: same result as the sink column in the fused softmax."""
-    from selfguard_jax.model import attention, attention_blocks
+    from selfguard_jax.attention import attention, attention_blocks
 
     rng = np.random.default_rng(0)
     q = jnp.asarray(rng.normal(size=(2, 1, 4, 8)), jnp.float32)
