@@ -12,21 +12,27 @@ NEG_INF = float(jnp.finfo(jnp.float32).min)
 ATTENTION_BLOCK = 512  # cache slots a decode step reads at a time, on caches of two blocks or more
 
 
-def attention(q_BTNH: jax.Array, k_BKSH: jax.Array, v_BKSH: jax.Array, mask_BTS: jax.Array) -> jax.Array:
-    """Grouped-query attention; scores and softmax in float32, probabilities cast back for the value product."""
+def attention(q_BTNH: jax.Array, k_BKSH: jax.Array, v_BKSH: jax.Array, mask_BTS: jax.Array,
+              sinks_N: jax.Array | None = None) -> jax.Array:
+    """Grouped-query attention; scores and softmax in float32, probabilities cast back for the value product.
+    `sinks_N` (gpt-oss): one learned logit per head that joins the softmax and carries no value."""
     B, T, N, H = q_BTNH.shape
     K = k_BKSH.shape[1]
     q_BTKGH = q_BTNH.reshape(B, T, K, N // K, H)
     scores = jnp.einsum("btkgh,bksh->bkgts", q_BTKGH, k_BKSH, preferred_element_type=jnp.float32)
     scores = scores * (H ** -0.5)
     scores = jnp.where(mask_BTS[:, None, None, :, :], scores, NEG_INF)
-    probs = jax.nn.softmax(scores, axis=-1).astype(v_BKSH.dtype)
+    if sinks_N is not None:
+        sink = jnp.broadcast_to(sinks_N.astype(jnp.float32).reshape(1, K, N // K, 1, 1), (*scores.shape[:-1], 1))
+        probs = jax.nn.softmax(jnp.concatenate([scores, sink], axis=-1), axis=-1)[..., :-1].astype(v_BKSH.dtype)
+    else:
+        probs = jax.nn.softmax(scores, axis=-1).astype(v_BKSH.dtype)
     out = jnp.einsum("bkgts,bksh->btkgh", probs, v_BKSH)
     return out.reshape(B, T, N, H)
 
 
 def attention_blocks(q_BTNH: jax.Array, k_cache: jax.Array | tuple, v_cache: jax.Array | tuple, mask_BTS: jax.Array, attend_len: jax.Array,
-                     block: int = ATTENTION_BLOCK) -> jax.Array:
+                     block: int = ATTENTION_BLOCK, sinks_N: jax.Array | None = None) -> jax.Array:
     """Attention over the cache's first `attend_len` slots, rounded up to whole blocks, with an online softmax:
     a block past the filled ones is skipped under `lax.cond`, so a step costs what rows have filled, not the
     preallocated length. The cache is a tuple of [B, K, block, H] arrays (`block_cache`: each block a buffer of
@@ -60,8 +66,12 @@ def attention_blocks(q_BTNH: jax.Array, k_cache: jax.Array | tuple, v_cache: jax
         pv = jnp.einsum("bkgts,bksh->bkgth", p.astype(v.dtype), v, preferred_element_type=jnp.float32)
         return m_new, l * scale + jnp.sum(p, axis=-1), acc * scale[..., None] + pv
 
-    carry = (jnp.full((B, K, G, T), NEG_INF, jnp.float32), jnp.zeros((B, K, G, T), jnp.float32),
-             jnp.zeros((B, K, G, T, H), jnp.float32))
+    if sinks_N is None:
+        carry = (jnp.full((B, K, G, T), NEG_INF, jnp.float32), jnp.zeros((B, K, G, T), jnp.float32),
+                 jnp.zeros((B, K, G, T, H), jnp.float32))
+    else:  # the sink starts the running softmax: max at its logit, its exp (one) in the sum, nothing in the values
+        sink = jnp.broadcast_to(sinks_N.astype(jnp.float32).reshape(1, K, G, 1), (B, K, G, T))
+        carry = (sink, jnp.ones((B, K, G, T), jnp.float32), jnp.zeros((B, K, G, T, H), jnp.float32))
     n_used = (attend_len + block - 1) // block
     carry = update(0, carry)
     for j in range(1, n):

@@ -18,6 +18,8 @@ SUPPORTED_ARCHITECTURES = {
     "Qwen2ForCausalLM": "qwen2",
     "Qwen3ForCausalLM": "qwen3",
     "MistralForCausalLM": "mistral",
+    "Qwen3MoeForCausalLM": "qwen3_moe",
+    "GptOssForCausalLM": "gpt_oss",
 }
 SUPPORTED_ROPE_TYPES = ("default", "linear", "llama3", "yarn")
 
@@ -46,6 +48,16 @@ class ModelConfig:
     bos_token_id: int | None = None
     eos_token_ids: tuple[int, ...] = ()
     pad_token_id: int | None = None
+    num_experts: int = 0
+    num_experts_per_tok: int = 0
+    moe_intermediate_size: int = 0
+    norm_topk_prob: bool = False
+    moe_layers: tuple[int, ...] = ()
+    moe_style: str = "qwen3"  # "qwen3": softmax, top k, SwiGLU; "gpt_oss": biased top k, softmax, clamped SwiGLU
+    swiglu_alpha: float = 1.702
+    swiglu_limit: float = 7.0
+    attention_sinks: bool = False
+    layer_windows: tuple[int, ...] = ()  # per block: a sliding window of that many tokens, 0 for full attention
 
     @property
     def model_type(self) -> str:
@@ -68,8 +80,13 @@ class ModelConfig:
         per_layer += h * (n + 2 * k) if self.qkv_bias else 0
         per_layer += d if self.o_bias else 0
         per_layer += 2 * h if self.qk_norm else 0
+        sparse, i = len(self.moe_layers), self.moe_intermediate_size
+        moe = sparse * self.num_experts * (d + 3 * d * i) - sparse * 3 * d * f
+        if self.moe_style == "gpt_oss":  # router and expert biases, one sink per head
+            moe += sparse * self.num_experts * (1 + 2 * i + d)
+        per_layer += n if self.attention_sinks else 0
         head = 0 if self.tie_word_embeddings else d * self.vocab_size
-        return L * per_layer + self.vocab_size * d + d + head
+        return L * per_layer + moe + self.vocab_size * d + d + head
 
     @classmethod
     def from_dict(cls, hf: dict[str, Any]) -> "ModelConfig":
@@ -87,7 +104,7 @@ class ModelConfig:
         _require(hf, "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size", "vocab_size")
         _check_types(hf)
         act = hf.get("hidden_act", "silu")
-        if act != "silu":
+        if act != "silu" and model_type != "gpt_oss":
             raise ConfigError(f"config.json field 'hidden_act'={act!r} is not supported; only 'silu' is implemented.")
         if hf.get("mlp_bias"):
             raise ConfigError("config.json field 'mlp_bias'=true is not supported; only bias-free MLPs are implemented.")
@@ -108,8 +125,8 @@ class ModelConfig:
             rms_norm_eps=float(hf.get("rms_norm_eps", 1e-6)),
             tie_word_embeddings=bool(hf.get("tie_word_embeddings", False)),
             qkv_bias=True if model_type == "qwen2" else attention_bias,
-            o_bias=attention_bias if model_type in ("llama", "qwen3", "mistral") else False,
-            qk_norm=model_type == "qwen3",
+            o_bias=attention_bias if model_type in ("llama", "qwen3", "mistral", "qwen3_moe", "gpt_oss") else False,
+            qk_norm=model_type in ("qwen3", "qwen3_moe"),
             rope_theta=_rope_theta(hf),
             rope_scaling=_rope_scaling(hf),
             max_position_embeddings=int(hf.get("max_position_embeddings", 4096)),
@@ -117,6 +134,7 @@ class ModelConfig:
             bos_token_id=hf.get("bos_token_id"),
             eos_token_ids=_as_ids(hf.get("eos_token_id")),
             pad_token_id=hf.get("pad_token_id"),
+            **_moe_fields(hf, model_type),
         )
 
     @classmethod
@@ -176,8 +194,18 @@ class ModelConfig:
         out["rope_parameters"] = rope
         if self.model_type != "qwen2":
             out["attention_bias"] = self.o_bias
-        if self.model_type in ("qwen2", "qwen3"):
+        if self.model_type in ("qwen2", "qwen3", "qwen3_moe"):
             out["use_sliding_window"] = False
+        if self.model_type == "qwen3_moe":
+            out |= {"num_experts": self.num_experts, "num_experts_per_tok": self.num_experts_per_tok,
+                    "moe_intermediate_size": self.moe_intermediate_size, "norm_topk_prob": self.norm_topk_prob,
+                    "decoder_sparse_step": 1,
+                    "mlp_only_layers": [i for i in range(self.num_layers) if i not in self.moe_layers]}
+        if self.model_type == "gpt_oss":
+            window = max(self.layer_windows, default=0) or None
+            out |= {"num_local_experts": self.num_experts, "num_experts_per_tok": self.num_experts_per_tok,
+                    "swiglu_alpha": self.swiglu_alpha, "swiglu_limit": self.swiglu_limit, "sliding_window": window,
+                    "layer_types": ["sliding_attention" if w else "full_attention" for w in self.layer_windows]}
         if self.model_type == "mistral":
             out["sliding_window"] = self.sliding_window
         return out
@@ -265,16 +293,63 @@ def _rope_scaling(hf: dict) -> tuple[tuple[str, Any], ...]:
     return (("rope_type", rope_type),) + tuple(sorted(clean.items()))
 
 
+def _moe_fields(hf: dict, model_type: str) -> dict[str, Any]:
+    """The routed-experts fields of a mixture-of-experts config; `moe_layers` lists the sparse blocks (Qwen3-MoE:
+    every `decoder_sparse_step`-th block not in `mlp_only_layers`, as transformers builds them)."""
+    if model_type == "gpt_oss":
+        return _gpt_oss_fields(hf)
+    if model_type != "qwen3_moe":
+        return {}
+    experts = hf.get("num_experts", hf.get("num_local_experts", 128))
+    for key, value in (("num_experts", experts), ("num_experts_per_tok", hf.get("num_experts_per_tok", 8)),
+                       ("moe_intermediate_size", hf.get("moe_intermediate_size", 768)),
+                       ("decoder_sparse_step", hf.get("decoder_sparse_step", 1))):
+        if not isinstance(value, int) or isinstance(value, bool) or value < (key != "num_experts"):
+            raise ConfigError(f"config.json field {key!r} is {value!r}; expected a positive integer.")
+    k, step = hf.get("num_experts_per_tok", 8), hf.get("decoder_sparse_step", 1)
+    if experts and k > experts:
+        raise ConfigError(f"config.json field 'num_experts_per_tok' is {k}, more than num_experts ({experts}).")
+    dense = hf.get("mlp_only_layers") or []
+    if not isinstance(dense, list) or not all(isinstance(i, int) and not isinstance(i, bool) for i in dense):
+        raise ConfigError(f"config.json field 'mlp_only_layers' is {dense!r}; expected a list of layer indices.")
+    layers = range(hf["num_hidden_layers"])
+    return {"num_experts": experts, "num_experts_per_tok": k,
+            "moe_intermediate_size": hf.get("moe_intermediate_size", 768),
+            "norm_topk_prob": bool(hf.get("norm_topk_prob", False)),
+            "moe_layers": tuple(i for i in layers if experts and i not in dense and (i + 1) % step == 0)}
+
+
+def _gpt_oss_fields(hf: dict) -> dict[str, Any]:
+    """gpt-oss: every block routed (biased top k, softmax over the chosen, clamped SwiGLU with biases), attention
+    with one learned sink per head, sliding-window and full blocks as `layer_types` says."""
+    L = hf["num_hidden_layers"]
+    experts, k = hf.get("num_local_experts", hf.get("num_experts")), hf.get("num_experts_per_tok", 4)
+    for key, value in (("num_local_experts", experts), ("num_experts_per_tok", k)):
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ConfigError(f"config.json field {key!r} is {value!r}; expected a positive integer.")
+    types = hf.get("layer_types") or ["sliding_attention" if i % 2 == 0 else "full_attention" for i in range(L)]
+    if len(types) != L or set(types) - {"sliding_attention", "full_attention"}:
+        raise ConfigError(f"config.json field 'layer_types' is {types!r}; expected {L} entries of "
+                          "'sliding_attention' or 'full_attention'.")
+    window = hf.get("sliding_window") or 128
+    return {"num_experts": experts, "num_experts_per_tok": k, "moe_intermediate_size": hf["intermediate_size"],
+            "moe_layers": tuple(range(L)), "moe_style": "gpt_oss", "attention_sinks": True,
+            "swiglu_alpha": float(hf.get("swiglu_alpha", 1.702)), "swiglu_limit": float(hf.get("swiglu_limit", 7.0)),
+            "layer_windows": tuple(int(window) if t == "sliding_attention" else 0 for t in types)}
+
+
 def _sliding_window(hf: dict, model_type: str) -> int | None:
     """The window if sliding-window attention is active anywhere; the model refuses sequences beyond it."""
+    if model_type == "gpt_oss":  # per-block windows, implemented: `layer_windows`
+        return None
     layer_types = hf.get("layer_types")
     if layer_types and any(t != "full_attention" for t in layer_types):
-        if model_type in ("qwen2", "qwen3") and not hf.get("use_sliding_window", False):
+        if model_type in ("qwen2", "qwen3", "qwen3_moe") and not hf.get("use_sliding_window", False):
             return None
         raise ConfigError(
             f"config.json field 'layer_types' mixes attention kinds ({sorted(set(layer_types))}); "
             "only full attention is implemented.")
-    if model_type in ("qwen2", "qwen3"):
+    if model_type in ("qwen2", "qwen3", "qwen3_moe"):
         if hf.get("use_sliding_window", False):
             raise ConfigError("config.json field 'use_sliding_window'=true is not supported; set it to false "
                               "(full attention) only if the checkpoint was trained that way.")

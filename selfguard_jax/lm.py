@@ -59,7 +59,7 @@ class LM:
         """The same model under another execution policy (fields of ExecutionPolicy); a new layer layout
         restacks or unstacks the params."""
         policy = dataclasses.replace(self.policy, **changes)
-        params = stack_layers(self.params) if policy.scan_layers else unstack_layers(self.params)
+        params = stack_layers(self.params) if policy.scan_layers else unstack_layers(self.params, self.config)
         if self.mesh is not None:
             params = shard_params(params, self.config, self.mesh)
         return dataclasses.replace(self, params=params, execution=policy)
@@ -170,7 +170,7 @@ def load(path: str | Path, dtype: str = "float32", tokenizer: bool = True, scan_
         stacked = None if shardings is None else param_shardings(cfg, mesh)
         params = checkpoint.restore_orbax(folder, cfg, dtype, stacked)
         if not scan_layers:
-            params = unstack_layers(params)
+            params = unstack_layers(params, cfg)
             params = params if shardings is None else jax.tree.map(jax.device_put, params, shardings)
     else:
         place = None if shardings is None else (

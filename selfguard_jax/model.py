@@ -1,4 +1,4 @@
-"""The decoder-only transformer (Llama, Qwen2, Qwen3, Mistral) as pure functions over nested params.
+"""The decoder-only transformer (Llama, Qwen2, Qwen3, Mistral, Qwen3-MoE, gpt-oss) as pure functions over nested params.
 
 Params are a plain nested dict (their table: `weights.py`). `params["layers"]` comes in two layouts: stacked, a
 dict whose leaves carry a leading layer axis [L, ...] (the layout `checkpoint.py` reads and writes; the blocks
@@ -22,8 +22,9 @@ import jax.numpy as jnp
 from selfguard_jax.attention import attention
 from selfguard_jax.config import ModelConfig, rope_inv_freq
 from selfguard_jax.kv_cache import KVCache, LayerCache, LayerKV, StackedCache
+from selfguard_jax.moe import moe_mlp
 from selfguard_jax.sharding import constrain
-from selfguard_jax.weights import KV_AXES, layers_are_stacked, weight_table
+from selfguard_jax.weights import KV_AXES, heterogeneous, layer_slice, layers_are_stacked, weight_table
 
 Params = dict[str, Any]
 
@@ -72,10 +73,11 @@ def block(cfg: ModelConfig, lp: Params, x_BTD: jax.Array, cos: jax.Array, sin: j
         k = rms_norm(k, lp["k_norm"], cfg.rms_norm_eps)
     q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
     k_BKTH, v_BKTH = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)
+    sinks = lp.get("sinks")
     if cache_layer is None:
-        attn_BTNH, kv_out = attention(q, k_BKTH, v_BKTH, mask_BTS), (k_BKTH, v_BKTH)
+        attn_BTNH, kv_out = attention(q, k_BKTH, v_BKTH, mask_BTS, sinks), (k_BKTH, v_BKTH)
     else:
-        attn_BTNH, kv_out = cache_layer.attend(q, k_BKTH, v_BKTH, mask_BTS, write_index, attend_len_B)
+        attn_BTNH, kv_out = cache_layer.attend(q, k_BKTH, v_BKTH, mask_BTS, write_index, attend_len_B, sinks)
     B, T, N, H = attn_BTNH.shape
     # one [B*T, N*H] x [N*H, D] product: XLA:CPU transposed the [N, H, D] weight (a copy every step) otherwise
     out = jnp.einsum("btx,xd->btd", attn_BTNH.reshape(B, T, N * H), lp["o"].reshape(N * H, -1))
@@ -83,6 +85,8 @@ def block(cfg: ModelConfig, lp: Params, x_BTD: jax.Array, cos: jax.Array, sin: j
         out = out + lp["o_bias"]
     x_BTD = x_BTD + out
     h = rms_norm(x_BTD, lp["mlp_norm"], cfg.rms_norm_eps)
+    if "router" in lp:  # a mixture-of-experts block
+        return x_BTD + moe_mlp(cfg, lp, h), kv_out
     gate = jnp.einsum("btd,df->btf", h, lp["gate"])
     up = jnp.einsum("btd,df->btf", h, lp["up"])
     x_BTD = x_BTD + jnp.einsum("btf,fd->btd", jax.nn.silu(gate) * up, lp["down"])
@@ -174,15 +178,16 @@ def _blocks(params: Params, cfg: ModelConfig, tokens_BT: jax.Array, positions_BT
                          "of this config; sliding-window attention is not implemented, use shorter inputs.")
     x_BTD = jnp.take(params["embed"], tokens_BT, axis=0)
     cos, sin = rope_tables(cfg, positions_BT, x_BTD.dtype)
+    layer_mask = _windowed_masks(cfg, positions_BT, mask_BTS, cache is not None)
 
     def body(carry, lp, add_D, i):
         x, cache = carry
         if add_D is not None:
             x = x + (steer.gate_BT[:, :, None] * add_D[None, None, :]).astype(x.dtype)
         if cache is None:
-            x, kv = block(cfg, lp, x, cos, sin, mask_BTS)
+            x, kv = block(cfg, lp, x, cos, sin, layer_mask(i))
         else:
-            x, layer = block(cfg, lp, x, cos, sin, mask_BTS, cache.layer(i), write_index, attend_len_B)
+            x, layer = block(cfg, lp, x, cos, sin, layer_mask(i), cache.layer(i), write_index, attend_len_B)
             cache, kv = cache.with_layer(i, layer), None
         return (x, cache), (kv if keep_kv else None, None if pick is None else pick(x))
 
@@ -195,32 +200,57 @@ def _blocks(params: Params, cfg: ModelConfig, tokens_BT: jax.Array, positions_BT
     return x_BTD, cache if cache is not None else kv, picked
 
 
+def _windowed_masks(cfg: ModelConfig, positions_BT: jax.Array, mask_BTS: jax.Array,
+                    cached: bool) -> Callable[[Any], jax.Array]:
+    """i -> block i's mask: `mask_BTS`, and for a sliding-window block (`layer_windows`) only the keys less than
+    the window behind the query in position. Key positions: the inputs' own, or with a cache, each valid slot's
+    count of valid slots before it (the positions `positions_from_mask` gives). The window is applied as a mask:
+    a sliding block reads the whole cache like a full one."""
+    if not any(cfg.layer_windows):
+        return lambda i: mask_BTS
+    k_pos_BS = jnp.cumsum(mask_BTS[:, -1], axis=-1) - 1 if cached else positions_BT
+    dist_BTS = positions_BT[:, :, None] - k_pos_BS[:, None, :]
+    windows_L = jnp.asarray(cfg.layer_windows, jnp.int32)
+
+    def mask(i) -> jax.Array:
+        w = windows_L[i]
+        return mask_BTS & ((w == 0) | (dist_BTS < w))
+
+    return mask
+
+
 def _fold(params: Params, cfg: ModelConfig, scan_layers: bool, body: Callable, carry: Any, add_LD: jax.Array | None):
     """body(carry, layer params, add_D, i) -> (carry, y) over the L blocks: under `lax.scan` for stacked params when
     `scan_layers` (ys stacked [L, ...]), else unrolled, over static slices of stacked params or over the per-layer
-    dicts (each leaf of ys a tuple of L)."""
+    dicts (each leaf of ys a tuple of L). Blocks of different weights (dense and MoE) are always unrolled."""
     L = cfg.num_layers
     layers = params["layers"]
     stacked = layers_are_stacked(params)
-    if stacked and scan_layers:
+    if stacked and scan_layers and not heterogeneous(cfg):
         return jax.lax.scan(lambda c, xs: body(c, *xs), carry, (layers, add_LD, jnp.arange(L)))
     if not stacked and len(layers) != L:
         raise ValueError(f"params hold {len(layers)} per-layer dicts but the config has {L} layers.")
     ys = []
     for i in range(L):
-        lp = jax.tree.map(lambda a: a[i], layers) if stacked else layers[i]
+        lp = layer_slice(layers, cfg, i) if stacked else layers[i]
         carry, y = body(carry, lp, None if add_LD is None else add_LD[i], i)
         ys.append(y)
     return carry, jax.tree.map(lambda *a: a, *ys)
 
 
-def unstack_layers(params: Params) -> Params:
-    """The per-layer layout: `params["layers"]` as a tuple of L dicts (the same arrays, sliced)."""
+def unstack_layers(params: Params, cfg: ModelConfig | None = None) -> Params:
+    """The per-layer layout: `params["layers"]` as a tuple of L dicts (the same arrays, sliced). Stacks over
+    different layers (dense and MoE blocks) need `cfg` to say which."""
     if not layers_are_stacked(params):
         return params
     stacked = params["layers"]
-    L = next(iter(stacked.values())).shape[0]
-    return params | {"layers": tuple({k: a[i] for k, a in stacked.items()} for i in range(L))}
+    if cfg is not None:
+        return params | {"layers": tuple(layer_slice(stacked, cfg, i) for i in range(cfg.num_layers))}
+    lengths = {a.shape[0] for a in stacked.values()}
+    if len(lengths) != 1:
+        raise ValueError("the layer stacks hold different numbers of layers (dense and MoE blocks); pass the "
+                         "config: unstack_layers(params, cfg).")
+    return params | {"layers": tuple({k: a[i] for k, a in stacked.items()} for i in range(lengths.pop()))}
 
 
 def stack_layers(params: Params) -> Params:
@@ -228,7 +258,8 @@ def stack_layers(params: Params) -> Params:
     if layers_are_stacked(params):
         return params
     layers = params["layers"]
-    return params | {"layers": {k: jnp.stack([lp[k] for lp in layers]) for k in layers[0]}}
+    names = dict.fromkeys(k for lp in layers for k in lp)
+    return params | {"layers": {k: jnp.stack([lp[k] for lp in layers if k in lp]) for k in names}}
 
 
 class Transformer(nn.Module):
@@ -251,7 +282,7 @@ class Transformer(nn.Module):
         if name != "layers":
             return node.initial(key, self.dtype)
         layers = {k: w.initial(jax.random.fold_in(key, n), self.dtype) for n, (k, w) in enumerate(node.items())}
-        return unstack_layers({"layers": layers})["layers"] if self.per_layer else layers
+        return unstack_layers({"layers": layers}, self.cfg)["layers"] if self.per_layer else layers
 
 
 def causal_mask(attention_mask_BT: jax.Array) -> jax.Array:

@@ -6,7 +6,7 @@ import torch
 
 import selfguard_jax as sgj
 from selfguard_jax import decode
-from tiny_models import SPECS
+from tiny_models import spec_params
 
 PROMPTS = [[5, 17, 33, 8, 91, 42, 7], [12, 4], [150, 3, 77, 19, 20, 21, 22, 23, 24, 25, 26], [60, 61, 62, 63]]
 
@@ -22,7 +22,7 @@ def hf_greedy(model, prompts, n):
     return outs
 
 
-@pytest.mark.parametrize("name", list(SPECS))
+@pytest.mark.parametrize("name", spec_params())
 def test_greedy_equals_transformers_generate(hf_dirs, name):
     folder, model = hf_dirs[name]
     lm = sgj.load(folder)
