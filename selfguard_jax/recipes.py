@@ -11,8 +11,8 @@ import numpy as np
 import yaml
 
 from selfguard_jax import chat, extract, model_presets
-from selfguard_jax.prompts import (REMINDER_PRESETS, SAFEREMIND_REMINDER, SELF_REMINDER_SUFFIX_ASSISTANT,
-                                   SELF_REMINDER_SYSTEM, SUFFIX_PRESETS, SYSTEM_PRESETS)
+from selfguard_jax.prompts import (REMINDER_PRESETS, SAFEREMIND_REMINDER, SELF_REMINDER_SUFFIX,
+                                   SELF_REMINDER_SUFFIX_ASSISTANT, SELF_REMINDER_SYSTEM, SUFFIX_PRESETS, SYSTEM_PRESETS)
 from selfguard_jax.reminder import PLACEMENTS, Reminder, Thinking
 from selfguard_jax.spec import GenerationSpec, Sampling
 from selfguard_jax.steering import Steering
@@ -153,6 +153,8 @@ ONE_PHASE_PLACEMENTS = ("system", "before_user", "after_user")
 RECIPES: dict[str, Recipe] = {r.name: r for r in [
     Recipe("vanilla"),
     Recipe("prompt-only", **_SG),
+    # the authors' prompt-only baseline ("Self-Reminder" in their tables): "ChatGPT" in the suffix too
+    Recipe("prompt-only-authors", system=SELF_REMINDER_SYSTEM, user_suffix=SELF_REMINDER_SUFFIX),
     Recipe("steer-only", **_STEER),
     Recipe("selfguard", **_SG, **_STEER),
     Recipe("saferemind", remind=True),

@@ -13,6 +13,7 @@ import yaml
 from selfguard_jax.errors import ConfigError
 from selfguard_jax.evaluate.datasets import DATASETS
 from selfguard_jax.evaluate.judges import check_judges
+from selfguard_jax.evaluate.metrics import UNFINISHED_ROWS
 from selfguard_jax.recipes import get_recipe
 
 # allowed keys of each nested mapping, with the types their values must have
@@ -25,6 +26,8 @@ DATASET_KEYS = {"name": str, "path": str, "split": str, "label": str, "limit": i
                 "style": str}
 LOAD_KEYS = {k: v for k, v in DATASET_KEYS.items() if k not in ("name", "label")}
 GUARD_PROTOCOLS = ("saferemind", "selfguard")
+# how a protocol counts its rows (metrics.UNFINISHED_ROWS): "judged" sends unfinished rows to the model judges
+PROTOCOL_KEYS = {"unfinished_rows": str}
 
 
 def _check_mapping(where: str, value: Any, keys: Mapping[str, Any], required: tuple[str, ...] = ()) -> dict:
@@ -69,6 +72,7 @@ class EvalConfig:
     generation: dict = dataclasses.field(default_factory=dict)
     judges: list[str] = dataclasses.field(default_factory=lambda: ["keyword"])
     llama_guard: dict | None = None
+    protocol: dict = dataclasses.field(default_factory=dict)
     mesh: dict | None = None
     distributed: dict | None = None
     bootstrap: int = 1000
@@ -96,6 +100,13 @@ class EvalConfig:
             if self.llama_guard.get("protocol", "saferemind") not in GUARD_PROTOCOLS:
                 raise ConfigError(f"llama_guard.protocol is {self.llama_guard['protocol']!r}; "
                                   f"use one of {GUARD_PROTOCOLS}.")
+        _check_mapping("protocol", self.protocol, PROTOCOL_KEYS)
+        if self.unfinished_rows not in UNFINISHED_ROWS:
+            raise ConfigError(f"protocol.unfinished_rows is {self.unfinished_rows!r}; use one of {UNFINISHED_ROWS}.")
+        if self.unfinished_rows == "judged" and "llama_guard" in self.judges and \
+                (self.llama_guard or {}).get("protocol", "saferemind") != "selfguard":
+            raise ConfigError("protocol.unfinished_rows: judged sends unfinished rows' whole text to Llama Guard, "
+                              "which only llama_guard.protocol: selfguard does; set it, or unfinished_rows: excluded.")
         if self.mesh is not None:
             _check_mapping("mesh", self.mesh, MESH_KEYS)
         if self.distributed is not None:
@@ -105,6 +116,11 @@ class EvalConfig:
             _check_mapping("extract.load", self.extract.get("load", {}), LOAD_KEYS)
         self._check_datasets()
         self._check_recipes()
+
+    @property
+    def unfinished_rows(self) -> str:
+        """Whether rows cut off before their thinking closed are judged and counted (metrics.UNFINISHED_ROWS)."""
+        return self.protocol.get("unfinished_rows", "excluded")
 
     def _check_datasets(self) -> None:
         if not isinstance(self.datasets, list) or not self.datasets:

@@ -3,6 +3,7 @@
 Layout of a run directory:
   generations/{recipe}__{dataset}.jsonl   one line per row, appended and flushed per batch
   judged/{recipe}__{dataset}.jsonl        the same rows with verdicts (rewritten by each judge stage)
+  judged/protocol.json                    how the rates count unfinished rows (config protocol.unfinished_rows)
   summary.md, summary.csv, summary.json   the paper-style table; plots/*.png
   generations/{pair}.jsonl.settings.json   the settings that made a pair: a resume with others is refused
   .lock.host{i}                            held by a stage of process i: a second run on the folder stops
@@ -37,6 +38,7 @@ from selfguard_jax.vector_files import load_any, load_vectors, save_vectors
 __all__ = ["ConfigError", "EvalConfig", "generate_stage", "judge_stage", "report_stage", "init_distributed"]
 BARRIER_POLL_S = 5.0
 BARRIER_TIMEOUT_S = 6 * 3600.0  # process 0 waits this long for the other hosts' generate shards
+PROTOCOL_FILE = "protocol.json"  # how the judge stage counted unfinished rows, for the report stage
 
 
 try:
@@ -230,15 +232,16 @@ def judge_stage(cfg: EvalConfig, guard_lm=None, timeout_s: float = BARRIER_TIMEO
         keyword_judges = [j for j in cfg.judges if j in judges.REFUSAL_JUDGES]
         for name in names:
             rows = [judges.judge_record(r, keyword_judges) for r in _read_pair(generations, name)]
-            finished = [r for r in rows if r["outcome"] != "unfinished"]
-            if guard is not None and finished:
+            judged = [r for r in rows if r["outcome"] != "unfinished" or cfg.unfinished_rows == "judged"]
+            if guard is not None and judged:
                 # SafeRemind's protocol judges the answer alone, Self-Guard's the whole response
-                texts = [r["judged_answer"] if guard.protocol == "saferemind" else r["text"] for r in finished]
-                verdicts = guard.judge([r["prompt"] for r in finished], texts)
-                for r, v in zip(finished, verdicts):
+                texts = [r["judged_answer"] if guard.protocol == "saferemind" else r["text"] for r in judged]
+                verdicts = guard.judge([r["prompt"] for r in judged], texts)
+                for r, v in zip(judged, verdicts):
                     r["verdicts"]["llama_guard"] = "unparsed" if v.safe is None else "safe" if v.safe else "unsafe"
                     r["guard_categories"] = list(v.categories)
             write_text(out / "judged" / f"{name}.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
+        write_text(out / "judged" / PROTOCOL_FILE, json.dumps({"unfinished_rows": cfg.unfinished_rows}))
 
 
 def _guard(cfg: EvalConfig, guard_lm):
@@ -265,12 +268,14 @@ def report_stage(run_dir: str | Path, n_resamples: int = 1000) -> dict:
     if not files:
         raise ValueError(f"{run}/judged holds no results; run the generate and judge stages first.")
     summary, table, all_rows = {}, {}, {}
+    protocol = run / "judged" / PROTOCOL_FILE
+    unfinished_rows = json.loads(protocol.read_text())["unfinished_rows"] if protocol.is_file() else "excluded"
     with run_lock(run):
         for f in files:
             recipe, label = f.stem.split("__", 1)
             rows = batch_io.read_results(f)
             all_rows[(recipe, label)] = rows
-            s = metrics.summarize(rows, n_resamples=n_resamples)
+            s = metrics.summarize(rows, n_resamples=n_resamples, unfinished_rows=unfinished_rows)
             summary[f.stem] = {k: dataclasses.asdict(v) if isinstance(v, metrics.Estimate) else v for k, v in s.items()}
             table.setdefault(recipe, {})[label] = _headline(s)
         report.write_markdown(table, run / "summary.md")
