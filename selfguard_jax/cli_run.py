@@ -267,7 +267,7 @@ def cmd_extract(args: argparse.Namespace) -> int:
     lm = load_model(args)
     _require_tokenizer(lm, "extract")
     sg = extract_selfguard(lm, questions, model_id=str(args.model), dataset_name=args.questions, suffix=args.suffix,
-                           method=args.method, batch_size=args.batch_size)
+                           method=args.method, batch_size=args.batch_size, read=args.read)
     vectors, norms = sg.vectors, sg.residual_norms
     save_vectors(args.out, vectors, sg.meta)
     print(f"wrote {args.method} vectors [{vectors.shape[0]}, {vectors.shape[1]}] from {len(questions)} pairs "
@@ -355,8 +355,12 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--suffix", default="chatgpt", choices=["chatgpt", "assistant"],
                    help="Self-Reminder user suffix preset")
     e.add_argument("--batch-size", type=positive_int, default=16)
+    e.add_argument("--read", default="last_token", choices=["last_token", "authors"],
+                   help="last_token: each prompt's true last token; authors: as the Self-Guard authors' trainer "
+                        "(right-padded batches of 16, pad id 0, the batch's last column)")
     e.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
-    e.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    e.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
+                   help="float16 as the authors' trainer loads the model")
     add_layer_loop(e)
     e.set_defaults(fn=cmd_extract)
 

@@ -137,23 +137,25 @@ def decode_step(params: Params, cfg: ModelConfig, tokens_B: jax.Array, positions
 
 def hidden_states(params: Params, cfg: ModelConfig, tokens_BT: jax.Array, mask_BT: jax.Array, *,
                   at_B: jax.Array | None = None, steer: SteerInput | None = None,
-                  scan_layers: bool = True) -> jax.Array:
+                  scan_layers: bool = True, positions_BT: jax.Array | None = None) -> jax.Array:
     """Block outputs [L, B, T, D] in the params dtype (not final-normed), or [L, B, D] at token at_B[b] of each
-    row when `at_B` is given (extraction needs only that). Positions come from `mask_BT`."""
+    row when `at_B` is given (extraction needs only that). Positions come from `mask_BT` unless given."""
     def pick(x_BTD: jax.Array) -> jax.Array:
         return x_BTD if at_B is None else x_BTD[jnp.arange(x_BTD.shape[0]), at_B]
 
-    _, _, picked = _blocks(params, cfg, tokens_BT, positions_from_mask(mask_BT), causal_mask(mask_BT), steer=steer,
+    positions_BT = positions_from_mask(mask_BT) if positions_BT is None else positions_BT
+    _, _, picked = _blocks(params, cfg, tokens_BT, positions_BT, causal_mask(mask_BT), steer=steer,
                            pick=pick, scan_layers=scan_layers)
     return picked
 
 
 def hf_hidden_states(params: Params, cfg: ModelConfig, tokens_BT: jax.Array, mask_BT: jax.Array, *,
                      at_B: jax.Array | None = None, steer: SteerInput | None = None,
-                     scan_layers: bool = True) -> jax.Array:
+                     scan_layers: bool = True, positions_BT: jax.Array | None = None) -> jax.Array:
     """Transformers' `output_hidden_states` as float32 [L + 1, B, T, D] ([L + 1, B, D] at token at_B[b] of each
     row): [0] the embeddings, [k + 1] the output of block k, the last one final-normed as transformers returns it."""
-    blocks = hidden_states(params, cfg, tokens_BT, mask_BT, at_B=at_B, steer=steer, scan_layers=scan_layers)
+    blocks = hidden_states(params, cfg, tokens_BT, mask_BT, at_B=at_B, steer=steer, scan_layers=scan_layers,
+                           positions_BT=positions_BT)
     embeds = jnp.take(params["embed"], tokens_BT if at_B is None else tokens_BT[jnp.arange(len(at_B)), at_B], axis=0)
     last = rms_norm(blocks[-1], params["final_norm"], cfg.rms_norm_eps)
     return jnp.concatenate([embeds[None], blocks[:-1], last[None]]).astype(jnp.float32)

@@ -21,7 +21,7 @@ GENERATION_KEYS = {"batch_size": int, "max_new_tokens": int, "temperature": (int
                    "top_k": int, "seed": int}
 LLAMA_GUARD_KEYS = {"model": str, "protocol": str, "dtype": str, "batch_size": int, "max_new_tokens": int}
 MESH_KEYS = {"data": int, "model": int}
-EXTRACT_KEYS = {"name": str, "load": dict, "method": str, "suffix": str}
+EXTRACT_KEYS = {"name": str, "load": dict, "method": str, "suffix": str, "read": str}
 DATASET_KEYS = {"name": str, "path": str, "split": str, "label": str, "limit": int, "seed": int, "source": str,
                 "style": str}
 LOAD_KEYS = {k: v for k, v in DATASET_KEYS.items() if k not in ("name", "label")}

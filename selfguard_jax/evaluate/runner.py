@@ -168,7 +168,8 @@ def _vectors(cfg: EvalConfig, lm, out: Path) -> np.ndarray | None:
     spec = dict(cfg.extract)
     questions = [e.prompt for e in datasets.load_dataset(spec.pop("name"), **spec.pop("load", {}))]
     sg = extract_selfguard(lm, questions, model_id=cfg.model, dataset_name=str(cfg.extract.get("name")),
-                           suffix=spec.get("suffix", "chatgpt"), method=spec.get("method", "mean_diff"))
+                           suffix=spec.get("suffix", "chatgpt"), method=spec.get("method", "mean_diff"),
+                           read=spec.get("read", "last_token"))
     out.mkdir(parents=True, exist_ok=True)
     save_vectors(path, sg.vectors, sg.meta)
     vectors = sg.vectors
