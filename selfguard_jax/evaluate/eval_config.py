@@ -14,17 +14,20 @@ from selfguard_jax.errors import ConfigError
 from selfguard_jax.evaluate.datasets import DATASETS
 from selfguard_jax.evaluate.judges import check_judges
 from selfguard_jax.evaluate.metrics import UNFINISHED_ROWS
+from selfguard_jax.evaluate.model_judges import WILDGUARD_INPUTS
 from selfguard_jax.recipes import get_recipe
 
 # allowed keys of each nested mapping, with the types their values must have
 GENERATION_KEYS = {"batch_size": int, "max_new_tokens": int, "temperature": (int, float), "top_p": (int, float),
                    "top_k": int, "seed": int}
 LLAMA_GUARD_KEYS = {"model": str, "protocol": str, "dtype": str, "batch_size": int, "max_new_tokens": int}
+WILDGUARD_KEYS = {"model": str, "input": str, "dtype": str, "batch_size": int, "max_new_tokens": int}
+SORRY_JUDGE_KEYS = {"model": str, "dtype": str, "batch_size": int, "max_new_tokens": int}
 MESH_KEYS = {"data": int, "model": int}
 EXTRACT_KEYS = {"name": str, "load": dict, "method": str, "suffix": str, "read": str}
 DATASET_KEYS = {"name": str, "path": str, "split": str, "label": str, "limit": int, "seed": int, "source": str,
-                "style": str}
-LOAD_KEYS = {k: v for k, v in DATASET_KEYS.items() if k not in ("name", "label")}
+                "style": str, "judges": list}
+LOAD_KEYS = {k: v for k, v in DATASET_KEYS.items() if k not in ("name", "label", "judges")}
 GUARD_PROTOCOLS = ("saferemind", "selfguard")
 # how a protocol counts its rows (metrics.UNFINISHED_ROWS): "judged" sends unfinished rows to the model judges
 PROTOCOL_KEYS = {"unfinished_rows": str}
@@ -72,6 +75,8 @@ class EvalConfig:
     generation: dict = dataclasses.field(default_factory=dict)
     judges: list[str] = dataclasses.field(default_factory=lambda: ["keyword"])
     llama_guard: dict | None = None
+    wildguard: dict | None = None
+    sorry_judge: dict | None = None
     protocol: dict = dataclasses.field(default_factory=dict)
     mesh: dict | None = None
     distributed: dict | None = None
@@ -100,6 +105,11 @@ class EvalConfig:
             if self.llama_guard.get("protocol", "saferemind") not in GUARD_PROTOCOLS:
                 raise ConfigError(f"llama_guard.protocol is {self.llama_guard['protocol']!r}; "
                                   f"use one of {GUARD_PROTOCOLS}.")
+        for name, keys in (("wildguard", WILDGUARD_KEYS), ("sorry_judge", SORRY_JUDGE_KEYS)):
+            if getattr(self, name) is not None:
+                _check_mapping(name, getattr(self, name), keys)
+        if (self.wildguard or {}).get("input", "list-string") not in WILDGUARD_INPUTS:
+            raise ConfigError(f"wildguard.input is {self.wildguard['input']!r}; use one of {WILDGUARD_INPUTS}.")
         _check_mapping("protocol", self.protocol, PROTOCOL_KEYS)
         if self.unfinished_rows not in UNFINISHED_ROWS:
             raise ConfigError(f"protocol.unfinished_rows is {self.unfinished_rows!r}; use one of {UNFINISHED_ROWS}.")
@@ -122,12 +132,21 @@ class EvalConfig:
         """Whether rows cut off before their thinking closed are judged and counted (metrics.UNFINISHED_ROWS)."""
         return self.protocol.get("unfinished_rows", "excluded")
 
+    def judges_for(self, label: str) -> list[str]:
+        """The judges of one dataset: its entry's `judges`, else the config's."""
+        spec = next((d for d in self.datasets if dataset_label(d) == label), {})
+        return list(spec.get("judges", self.judges))
+
     def _check_datasets(self) -> None:
         if not isinstance(self.datasets, list) or not self.datasets:
             raise ConfigError("datasets must be a non-empty list of {name: ..., path: ...} entries.")
         labels = []
         for i, spec in enumerate(self.datasets):
             _check_mapping(f"datasets[{i}]", spec, DATASET_KEYS, required=("name",))
+            try:
+                check_judges(spec.get("judges", []))
+            except ValueError as e:
+                raise ConfigError(f"datasets[{i}].judges: {e}") from None
             if spec["name"] not in DATASETS:
                 raise ConfigError(f"datasets[{i}].name {spec['name']!r} is unknown; known: {sorted(DATASETS)}.")
             labels.append(dataset_label(spec))

@@ -26,7 +26,7 @@ import jax
 import numpy as np
 
 from selfguard_jax import batch_io, chat, lm as lm_mod
-from selfguard_jax.evaluate import datasets, judges, metrics, report
+from selfguard_jax.evaluate import datasets, judges, metrics, model_judges, report
 from selfguard_jax.evaluate.answer_text import prompt_opens_thinking
 from selfguard_jax.evaluate.eval_config import ConfigError, EvalConfig, dataset_label
 from selfguard_jax.safe_write import write_text
@@ -66,7 +66,7 @@ def run_lock(out_dir: str | Path) -> Iterator[None]:
 
 def _examples(spec: dict) -> tuple[str, list[datasets.Example]]:
     """(label, examples) for one datasets entry of the config."""
-    load = {k: v for k, v in spec.items() if k not in ("name", "label")}
+    load = {k: v for k, v in spec.items() if k not in ("name", "label", "judges")}
     return dataset_label(spec), datasets.load_dataset(spec["name"], **load)
 
 
@@ -127,6 +127,7 @@ def generate_stage(cfg: EvalConfig, lm=None) -> dict[str, dict]:
                 return lm.generate(batch, request, slots=batch_size)
 
             extra = {"recipe": recipe.name, "think_open": think_open, "spliced": _spliced(recipe),
+                     "stop_texts": [lm.tokenizer.decode([i]) for i in lm.config.eos_token_ids],
                      "think_markers": None if markers is None else [markers.start, markers.end]}
             for spec in cfg.datasets:
                 label, examples = _examples(spec)
@@ -215,9 +216,12 @@ def _read_pair(generations: Path, name: str) -> list[dict]:
     return [rows[k] for k in sorted(rows)]
 
 
-def judge_stage(cfg: EvalConfig, guard_lm=None, timeout_s: float = BARRIER_TIMEOUT_S) -> None:
+def judge_stage(cfg: EvalConfig, guard_lm=None, timeout_s: float = BARRIER_TIMEOUT_S,
+                judge_lms: dict | None = None) -> None:
     """Add verdicts to every generated row and write judged/*.jsonl (rerunnable, never regenerates). Only
-    process 0 judges, after every host's generate shards are complete (`wait_for_hosts`)."""
+    process 0 judges, after every host's generate shards are complete (`wait_for_hosts`). `guard_lm` and
+    `judge_lms` ({"wildguard": lm, "sorry_judge": lm}) stand in for the models the config names."""
+    judge_lms = judge_lms or {}
     init_distributed(cfg.distributed)
     if jax.process_index() != 0:
         return
@@ -227,16 +231,27 @@ def judge_stage(cfg: EvalConfig, guard_lm=None, timeout_s: float = BARRIER_TIMEO
         # in the distributed run itself, wait for the other hosts; a later judge-only run checks once
         wait_for_hosts(generations, timeout_s if jax.process_count() > 1 else 0.0)
     with run_lock(out):
-        guard = _guard(cfg, guard_lm) if "llama_guard" in cfg.judges else None
         names = sorted({p.name.split(".host")[0].removesuffix(".jsonl") for p in generations.glob("*.jsonl")})
+        wanted = {j for name in names for j in cfg.judges_for(name.split("__", 1)[1])} | set(cfg.judges)
+        guard = _guard(cfg, guard_lm) if "llama_guard" in wanted else None
+        others = {j: _model_judge(cfg, j, judge_lms.get(j)) for j in ("wildguard", "sorry_judge") if j in wanted}
         (out / "judged").mkdir(parents=True, exist_ok=True)
-        keyword_judges = [j for j in cfg.judges if j in judges.REFUSAL_JUDGES]
         for name in names:
+            pair_judges = cfg.judges_for(name.split("__", 1)[1])
+            keyword_judges = [j for j in pair_judges if j in judges.REFUSAL_JUDGES]
             rows = [judges.judge_record(r, keyword_judges) for r in _read_pair(generations, name)]
             judged = [r for r in rows if r["outcome"] != "unfinished" or cfg.unfinished_rows == "judged"]
-            if guard is not None and judged:
+            for j, judge in others.items():
+                if j in pair_judges and judged:
+                    # the whole response, thinking included, as the authors' vLLM returned it
+                    texts = [model_judges.full_response(r["text"], r.get("stop_texts", ())) for r in judged]
+                    convert = model_judges.wildguard_verdict if j == "wildguard" else model_judges.sorry_verdict
+                    for r, v in zip(judged, judge.judge([r["prompt"] for r in judged], texts)):
+                        r["verdicts"][j] = convert(v)
+            if guard is not None and "llama_guard" in pair_judges and judged:
                 # SafeRemind's protocol judges the answer alone, Self-Guard's the whole response
-                texts = [r["judged_answer"] if guard.protocol == "saferemind" else r["text"] for r in judged]
+                texts = [r["judged_answer"] if guard.protocol == "saferemind"
+                         else model_judges.full_response(r["text"], r.get("stop_texts", ())) for r in judged]
                 verdicts = guard.judge([r["prompt"] for r in judged], texts)
                 for r, v in zip(judged, verdicts):
                     r["verdicts"]["llama_guard"] = "unparsed" if v.safe is None else "safe" if v.safe else "unsafe"
@@ -257,6 +272,24 @@ def _guard(cfg: EvalConfig, guard_lm):
 
     return judges.LlamaGuardJudge(guard_lm.tokenizer, gen, protocol=spec.get("protocol", "saferemind"),
                                   batch_size=int(spec.get("batch_size", 8)))
+
+
+def _model_judge(cfg: EvalConfig, name: str, judge_lm):
+    """WildGuard or the SORRY-Bench judge, as configured (cfg.wildguard / cfg.sorry_judge)."""
+    spec = getattr(cfg, name) or {}
+    if judge_lm is None:
+        if "model" not in spec:
+            raise ValueError(f"judges lists {name} but {name}.model (a local folder of the judge) is unset.")
+        judge_lm = lm_mod.load(spec["model"], dtype=spec.get("dtype", cfg.dtype))
+
+    def gen(batch, max_new_tokens):
+        return judge_lm.generate(batch, max_new_tokens=max_new_tokens).tokens
+
+    kw = {"batch_size": int(spec.get("batch_size", 8))} | (
+        {"max_new_tokens": int(spec["max_new_tokens"])} if "max_new_tokens" in spec else {})
+    if name == "wildguard":
+        return model_judges.wildguard_judge(judge_lm.tokenizer, gen, input=spec.get("input", "list-string"), **kw)
+    return model_judges.sorry_judge(judge_lm.tokenizer, gen, **kw)
 
 
 def report_stage(run_dir: str | Path, n_resamples: int = 1000) -> dict:
@@ -287,8 +320,9 @@ def report_stage(run_dir: str | Path, n_resamples: int = 1000) -> dict:
 
 
 # the number a paper table shows for a pair, in order of preference; judges in order of preference
-_HEADLINES = ("percent_safe", "refusal_rate", "over_refusal", "accuracy")
-_JUDGE_ORDER = ("llama_guard", "keyword", "keyword:xstest", "keyword:saferemind", "math-verify", "math:prm800k",
+_HEADLINES = ("percent_safe", "fulfillment_rate", "refusal_rate", "over_refusal", "accuracy")
+_JUDGE_ORDER = ("llama_guard", "sorry_judge", "wildguard", "keyword", "keyword:xstest", "keyword:saferemind",
+                "math-verify", "math:prm800k",
                 "gsm8k:lm-eval", "choice")
 
 
