@@ -117,3 +117,18 @@ def test_authors_xstest_runs_use_chatgpt_in_both_places_even_when_steered():
         settings, _ = read_authors_file(RESULTS / run / "xstest.json")
         assert (settings["system_prompt"], settings["instruction_after"]) == (prompt_only.system,
                                                                               prompt_only.user_suffix)
+
+
+def test_utility_protocol_config_and_simple_evals_prompt():
+    from selfguard_jax.evaluate.loaders import MATH_SIMPLE_EVALS, math_prompt
+
+    cfg = EvalConfig.from_yaml(CONFIGS / "selfguard-utility.yaml")
+    assert cfg.generation["max_new_tokens"] == 32768 and cfg.generation["temperature"] == 0.0
+    assert {d["name"]: d.get("style") for d in cfg.datasets} == {"math500": "simple-evals", "aime": "simple-evals",
+                                                                 "gpqa-diamond": "simple-evals"}
+    text = math_prompt("What is $1+1$?", "simple-evals")
+    assert text.startswith("Solve the following math problem step by step. The last line of your response should "
+                           "be of the form Answer: $ANSWER (without quotes)")
+    assert text.endswith('\n\nWhat is $1+1$?\n\nRemember to put your answer on its own line after "Answer:", and '
+                         "you do not need to use a \\boxed command.")
+    assert MATH_SIMPLE_EVALS.count("{Question}") == 1 and math_prompt("x", None) == "x"
