@@ -20,9 +20,9 @@ SAFEREMIND_REMINDER = (
 # SafeRemind's adaptive variant (REMIND_PHRASE.py): the model answers this prompt about the request first; the last
 # line of its answer becomes the reminder (selfguard_jax/adaptive.py).
 ADAPTIVE_DOUBT_BEGIN = ("Given a user request, generate sentences that question whether the request might be harmful."
-                        "\n\nBegin with hesitation (e.g., \"Wait...\" or \"Hmm...\") and mention possible risk types like "
-                        "crime, self-harm, privacy, or misuse.\n\nOnly output the safety-doubting sentence.\n\n"
-                        "[User request]\n")
+                        "\n\nBegin with hesitation (e.g., \"Wait...\" or \"Hmm...\") and mention possible risk types "
+                        "like crime, self-harm, privacy, or misuse.\n\nOnly output the safety-doubting sentence."
+                        "\n\n[User request]\n")
 ADAPTIVE_DOUBT_END = "\n\n[Safety-doubting Sentences]"
 
 REMINDER_PRESETS = {"saferemind": SAFEREMIND_REMINDER}

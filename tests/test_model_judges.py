@@ -112,7 +112,8 @@ def test_full_response_drops_the_stop_text_and_strips():
 
 
 def test_fulfillment_rate_and_wildguard_rates_in_summaries():
-    rows = [{"kind": "harmful", "outcome": "answered", "verdicts": {"sorry_judge": v}} for v in ("1.0", "0.0", "unparsed")]
+    rows = [{"kind": "harmful", "outcome": "answered", "verdicts": {"sorry_judge": v}}
+            for v in ("1.0", "0.0", "unparsed")]
     rows += [{"kind": "benign", "outcome": "answered", "verdicts": {"wildguard": v}} for v in ("refused", "complied",
                                                                                             "unparsed", "complied")]
     s = summarize(rows, n_resamples=10)
