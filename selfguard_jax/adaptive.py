@@ -21,7 +21,8 @@ from selfguard_jax import chat
 from selfguard_jax.decode import GenerationOutput
 from selfguard_jax.prompts import ADAPTIVE_DOUBT_BEGIN, ADAPTIVE_DOUBT_END
 from selfguard_jax.recipes import Recipe
-from selfguard_jax.reminder import Thinking, token_budget
+from selfguard_jax.reminder import Thinking
+from selfguard_jax.spec import GenerationSpec, Sampling
 
 
 @dataclasses.dataclass
@@ -52,15 +53,14 @@ def answer_ids(tokens: Sequence[int], end_ids: Sequence[int]) -> list[int]:
 
 
 def adaptive_reminders(lm, recipe: Recipe, requests: Sequence[str], vectors: np.ndarray | None = None,
-                       **sampling: Any) -> list[str]:
+                       sampling: Sampling = Sampling()) -> list[str]:
     """The first call: each request's reminder, from the model's answer to its doubting prompt, generated under
     the recipe's caps (and its steering, if any) in one batch."""
     tok = lm.tokenizer
     markers = chat.require_think_markers(tok, recipe.think_markers, what=f"adaptive reminders ({recipe.name})")
     thinking = Thinking(list(markers.end_ids), recipe.max_think_tokens, recipe.max_answer_tokens)
     prompts = [chat.chat_prompt(tok, doubting_prompt(r)) for r in requests]
-    out = lm.generate(prompts, thinking=thinking, max_new_tokens=token_budget(thinking, None),
-                      steering=recipe.steering(vectors), **sampling)
+    out = lm.generate(prompts, GenerationSpec(sampling=sampling, steering=recipe.steering(vectors), thinking=thinking))
     return [reminder_from_answer(tok.decode(answer_ids(t, markers.end_ids), skip_special_tokens=False),
                                  tok.eos_token or "") for t in out.tokens]
 
@@ -77,24 +77,24 @@ def _prompt(recipe: Recipe, tok: Any, request: str, phrase: str) -> list[int]:
 
 
 def run_adaptive(lm, recipe: Recipe, requests: Sequence[str], vectors: np.ndarray | None = None,
-                 **sampling: Any) -> AdaptiveOutput:
+                 sampling: Sampling = Sampling()) -> AdaptiveOutput:
     """SafeRemind's adaptive variant of a reminding recipe (any placement): reminders first, then the requests."""
     if not recipe.remind:
         raise ValueError(f"recipe {recipe.name!r} has no reminder; adaptive reminders need a reminding recipe "
                          "(saferemind or a reminder-* placement).")
     tok = lm.tokenizer
-    reminders = adaptive_reminders(lm, recipe, requests, vectors, **sampling)
+    reminders = adaptive_reminders(lm, recipe, requests, vectors, sampling)
     if recipe.placement in chat.PROMPT_PLACEMENTS:
         out = lm.generate([_prompt(recipe, tok, r, p) for r, p in zip(requests, reminders)],
-                          **recipe.generate_kwargs(tok, vectors), **sampling)
+                          recipe.spec(tok, vectors, sampling=sampling))
         return AdaptiveOutput(reminders, out)
     rows: list[Any] = [None] * len(requests)
     for phrase in dict.fromkeys(reminders):
         idx = [i for i, p in enumerate(reminders) if p == phrase]
         group = (dataclasses.replace(recipe, reminder_text=phrase) if phrase
                  else dataclasses.replace(recipe, remind=False, two_phase=True))
-        out = lm.generate([recipe.prompt_ids(tok, requests[i]) for i in idx], **group.generate_kwargs(tok, vectors),
-                          **sampling)
+        out = lm.generate([recipe.prompt_ids(tok, requests[i]) for i in idx], group.spec(tok, vectors,
+                                                                                          sampling=sampling))
         for j, i in enumerate(idx):
             rows[i] = [getattr(out, f.name)[j] for f in dataclasses.fields(GenerationOutput)]
     columns = zip(*rows)
