@@ -269,7 +269,8 @@ def _decode_gate(rule: str | None, thinking_B: jax.Array) -> jax.Array:
 
 
 class ProgressHook:
-    """Where the loop's host callback reports finished requests: the running call's `advance` function."""
+    """Where the loop's host callback reports finished requests: the running call's progress function. It is
+    looked up at call time, so a new progress bar reuses the compiled loop instead of retracing it."""
 
     target: Callable[[int], None] | None = None
 
