@@ -21,7 +21,7 @@ import torch
 
 import selfguard_jax as sgj
 from common import SHAPES, random_model_dir, random_prompts, table
-from selfguard_jax.reminder import Reminder
+from selfguard_jax.reminder import Reminder, Thinking
 
 
 def authors_loop(model, prompt, reminder: Reminder, max_new: int) -> int:
@@ -38,7 +38,7 @@ def authors_loop(model, prompt, reminder: Reminder, max_new: int) -> int:
             tok = int(torch.argmax(logits))
             generated += 1
             ids = torch.cat([ids, torch.tensor([[tok]])], 1)
-            if tok == reminder.think_end_ids[-1]:
+            if tok == reminder.thinking.end_ids[-1]:
                 thinking = False
             if thinking and tok in boundary and entropy < reminder.threshold and count < reminder.max_reminders:
                 count += 1
@@ -67,9 +67,8 @@ def main() -> None:
     plain = lm.generate(prompts, max_new_tokens=args.new)
     ents = np.concatenate(plain.entropy)
     # a reminder that really fires: every id a boundary, threshold at the 30th percentile of observed entropy
-    rem = Reminder(token_ids=list(range(10, 42)), boundary_ids=list(range(V)), think_end_ids=[1],
-                   threshold=float(np.quantile(ents, 0.3)), max_reminders=1, max_think_tokens=args.new,
-                   max_answer_tokens=args.new)
+    rem = Reminder(token_ids=list(range(10, 42)), boundary_ids=list(range(V)), thinking=Thinking([1], args.new, args.new),
+                   threshold=float(np.quantile(ents, 0.3)), max_reminders=1)
     vecs = np.random.default_rng(0).normal(size=(lm.config.num_layers, lm.config.hidden_size)).astype(np.float32)
     steer = sgj.Steering.from_vectors(vecs, [lm.config.num_layers // 2], 0.01)
     variants = {"plain": {}, "steering": {"steering": steer}, "reminders": {"reminder": rem},

@@ -31,8 +31,9 @@ from tqdm.auto import tqdm
 
 import selfguard_jax as sgj
 from common import random_model_dir, random_prompts, table
-from selfguard_jax.decode import cache_length, default_row_groups, lower
-from selfguard_jax.model import ATTENTION_BLOCK, KVCache, block_cache, decode_step, prefill
+from selfguard_jax.decode import lower
+from selfguard_jax.kv_cache import cache_length
+from selfguard_jax.model import decode_step, prefill
 
 
 def lengths(n: int, median: int, cap: int, seed: int = 0) -> list[int]:
@@ -51,17 +52,14 @@ def step_time_vs_filled(lm, batch: int, prompt_len: int, cache_len: int, points:
     cfg = lm.config
     ids = jnp.ones((batch, prompt_len), jnp.int32)
     S = cache_length(cache_len)
-    _, cache = prefill(lm.params, cfg, ids, jnp.ones_like(ids), cache_len=S, scan_layers=lm.scan_layers)
+    _, prefilled = prefill(lm.params, cfg, ids, jnp.ones_like(ids), cache_len=S, scan_layers=lm.scan_layers)
     rows = []
     for filled in (True, False):
-        if filled and isinstance(cache.k, tuple) and S % ATTENTION_BLOCK == 0 and S >= 2 * ATTENTION_BLOCK:
-            cache = block_cache(cache, groups=default_row_groups(batch, True))  # as the stream cuts it
-        elif not filled and isinstance(cache.k[0], tuple):
-            cache = KVCache(*(tuple(jnp.concatenate([jnp.concatenate(b, axis=2) for b in groups]) for groups in x)
-                              for x in (cache.k, cache.v)))
-        step = jax.jit(lambda c, valid, n, filled=filled: decode_step(
+        layout = lm.policy.cache_layout if filled else "dense"  # the policy's cache, as the stream cuts it
+        cache = prefilled.layout(layout, lm.policy.row_groups(batch))
+        step = jax.jit(lambda c, valid, n: decode_step(
             lm.params, cfg, ids[:, 0], jnp.full((batch,), prompt_len), valid, c, n - 1,
-            attend_len=n if filled else None, scan_layers=lm.scan_layers)[1], donate_argnums=0)
+            attend_len_B=jnp.full((batch,), n), scan_layers=lm.scan_layers)[1], donate_argnums=0)
         for n in points:
             valid = jnp.broadcast_to(jnp.arange(S)[None, :] < n, (batch, S))
             cache = jax.block_until_ready(step(cache, valid, jnp.int32(n)))
@@ -83,16 +81,17 @@ def stream_steps(need: list[int], slots: int) -> int:
     return ends[-1]
 
 
-def run_arm(lm, name: str, calls: list[tuple[list, dict]], useful: int, steps: int) -> tuple[dict, list]:
+def run_arm(lm, name: str, calls: list[tuple[list, sgj.GenerationSpec, dict]], useful: int,
+            steps: int) -> tuple[dict, list]:
     """Compile every call's program first (written to the persistent cache, so the timed call only reloads it),
     then time the calls back to back; returns the table row and the outputs."""
     t0 = time.perf_counter()
-    for prompts, kw in calls:
-        lower(lm, prompts, **kw).compile()
+    for prompts, spec, kw in calls:
+        lower(lm, prompts, spec, **{k: v for k, v in kw.items() if k != "progress"}).compile()
     compile_s = time.perf_counter() - t0
     outs, t0 = [], time.perf_counter()
-    for prompts, kw in tqdm(calls, desc=name, unit="call", disable=len(calls) == 1):
-        outs.append(lm.generate(prompts, **kw))
+    for prompts, spec, kw in tqdm(calls, desc=name, unit="call", disable=len(calls) == 1):
+        outs.append(lm.generate(prompts, spec, **kw))
     wall = time.perf_counter() - t0
     return {"decode": name, "compile s": compile_s, "wall s": wall, "steps": steps, "ms / step": 1e3 * wall / steps,
             "useful tok/s": useful / wall}, outs
@@ -130,14 +129,14 @@ def main() -> None:
     if not args.skip_fixed:
         for filled in (False, True) if args.fixed_filled else (False,):
             name = f"fixed batches of {args.slots}" + (", filled-block attention" if filled else " (today's generate)")
-            calls = [([prompts[i] for i in b], dict(max_new_tokens=[need[i] for i in b], filled_attention=filled))
+            calls = [([prompts[i] for i in b], sgj.GenerationSpec(max_new_tokens=[need[i] for i in b]), {})
                      for b in batches]
-            row, outs = run_arm(lm, name, calls, useful, fixed_steps)
+            arm_lm = lm.with_policy(cache_layout=lm.policy.cache_layout if filled else "dense")
+            row, outs = run_arm(arm_lm, name, calls, useful, fixed_steps)
             arms.append((row, [t for o in outs for t in o.tokens]))
             print(row, flush=True)
-    row, outs = run_arm(lm, f"stream, {args.slots} slots", [(prompts, dict(
-        max_new_tokens=need, slots=args.slots, filled_attention=True, progress=True))], useful,
-        stream_steps(need, args.slots))
+    row, outs = run_arm(lm, f"stream, {args.slots} slots", [(prompts, sgj.GenerationSpec(max_new_tokens=need), dict(
+        slots=args.slots, progress=True))], useful, stream_steps(need, args.slots))
     stream_tokens = outs[0].tokens
     assert [len(t) for t in stream_tokens] == need
     arms.append((row, stream_tokens))

@@ -17,16 +17,14 @@ import numpy as np
 from safetensors import SafetensorError, safe_open
 from safetensors.numpy import save_file
 
+from selfguard_jax import mxfp4
 from selfguard_jax.config import ModelConfig
+from selfguard_jax.errors import CheckpointError
 from selfguard_jax.model import Params, stack_layers
 from selfguard_jax.safe_write import atomic_folder, require_space
 from selfguard_jax.weights import Weight, layers_are_stacked, param_shapes, weight_table
 
 DTYPES = {"float32": np.float32, "bfloat16": ml_dtypes.bfloat16, "float16": np.float16}
-
-
-class CheckpointError(ValueError):
-    """A checkpoint folder this project cannot load exactly; the message says what is wrong and how to fix it."""
 
 
 INDEX_GLOB = "*.safetensors.index.json"
@@ -50,7 +48,8 @@ def _shard_keys(path: Path) -> list[str]:
 
 class SafetensorsFolder:
     """The tensors of an HF folder, opened lazily and read one at a time. A sharded checkpoint is read through
-    its index only (a stale shard beside it is ignored); without an index, a tensor in two files is an error."""
+    its index only (a stale shard beside it is ignored); without an index, a tensor in two files is an error.
+    An MXFP4 pair `<name>_blocks` / `<name>_scales` (gpt-oss experts) is presented as `<name>`, dequantised."""
 
     def __init__(self, folder: str | Path):
         self.folder = Path(folder)
@@ -98,12 +97,18 @@ class SafetensorsFolder:
         return where
 
     def keys(self) -> set[str]:
-        return set(self.where)
+        pairs = {k[:-len("_blocks")] for k in self.where if k.endswith("_blocks") and k[:-7] + "_scales" in self.where}
+        return (set(self.where) - {p + s for p in pairs for s in ("_blocks", "_scales")}) | pairs
 
     def file_of(self, key: str) -> Path:
-        return self.where[key]
+        return self.where.get(key) or self.where[key + "_blocks"]
 
     def get(self, key: str) -> np.ndarray:
+        if key not in self.where and key + "_blocks" in self.where and key + "_scales" in self.where:
+            return mxfp4.dequantize(self._read(key + "_blocks"), self._read(key + "_scales"))
+        return self._read(key)
+
+    def _read(self, key: str) -> np.ndarray:
         if key not in self.where:
             raise CheckpointError(f"tensor {key!r} is missing from {self.folder}; the checkpoint is incomplete "
                                   "or belongs to another architecture than config.json says.")
@@ -142,16 +147,16 @@ def load_params(folder: str | Path, cfg: ModelConfig, dtype: str = "float32",
     stacked: Params = {}
     for path, w in _plan(cfg):
         name = path[-1]
-        used.update(w.hf)
+        used.update(w.hf_keys())
         if len(path) == 1:
             params[name] = place(path, _checked(src, w.hf[0], w).astype(np_dtype))
         elif per_layer:
-            for i, key in enumerate(w.hf):
-                layers[i][name] = place(("layers", i, name), _checked(src, key, w).astype(np_dtype))
+            for i, entry in zip(w.layer_ids or range(cfg.num_layers), w.hf):
+                layers[i][name] = place(("layers", i, name), _layer(src, entry, w, np_dtype))
         else:
             host = np.empty(w.shape, np_dtype)
-            for i, key in enumerate(w.hf):
-                host[i] = _checked(src, key, w)
+            for i, entry in enumerate(w.hf):
+                host[i] = _layer(src, entry, w, np_dtype)
             stacked[name] = place(path, host)
             del host
     params["layers"] = tuple(layers) if per_layer else stacked
@@ -161,6 +166,16 @@ def load_params(folder: str | Path, cfg: ModelConfig, dtype: str = "float32",
         raise CheckpointError(f"{folder} has tensors this config does not use: {sorted(extra)[:8]}"
                               f"{' ...' if len(extra) > 8 else ''}; config.json may not match the weights.")
     return params
+
+
+def _layer(src: SafetensorsFolder, entry: str | tuple[str, ...], w: Weight, dtype: Any) -> np.ndarray:
+    """One layer's slice of `w` in our layout: one HF tensor, or one per expert stacked along the expert axis."""
+    if isinstance(entry, str):
+        return _checked(src, entry, w).astype(dtype)
+    out = np.empty(w.layer_shape, dtype)
+    for e, key in enumerate(entry):
+        out[e] = _checked(src, key, w)
+    return out
 
 
 def _checked(src: SafetensorsFolder, key: str, w: Weight) -> np.ndarray:
@@ -199,15 +214,16 @@ def export_hf(params: Params, cfg: ModelConfig, out_dir: str | Path, tokenizer_f
         elif layers_are_stacked(params):
             host = np.asarray(jax.device_get(params["layers"][path[1]]))
         else:
-            host = np.stack([np.asarray(jax.device_get(lp[path[1]])) for lp in params["layers"]])
+            host = np.stack([np.asarray(jax.device_get(lp[path[1]])) for lp in params["layers"] if path[1] in lp])
         if len(path) == 1:
             tensors[w.hf[0]] = np.ascontiguousarray(w.to_hf(host))
         else:
-            for i, key in enumerate(w.hf):
-                part = w.to_hf(host[i])
-                if w.hf_rows is not None:  # rows of a fused tensor (Phi-3): placed into it
-                    part = _fill_rows(tensors.setdefault(key, np.empty(w.hf_shape, part.dtype)), w.hf_rows, part)
-                tensors[key] = np.ascontiguousarray(part)
+            for i, entry in enumerate(w.hf):
+                for e, key in enumerate(entry) if w.per_expert else ((None, entry),):
+                    part = w.to_hf(host[i] if e is None else host[i, e])
+                    if w.hf_rows is not None:  # rows of a fused tensor (Phi-3): placed into it
+                        part = _fill_rows(tensors.setdefault(key, np.empty(w.hf_shape, part.dtype)), w.hf_rows, part)
+                    tensors[key] = np.ascontiguousarray(part)
     hf_cfg = cfg.to_hf_dict()
     hf_cfg["dtype"] = str(np.dtype(params["embed"].dtype).name)
     require_space(out, sum(t.nbytes for t in tensors.values()))

@@ -38,9 +38,9 @@ def check_convert_target(src: str, out_dir: str, overwrite: bool) -> None:
 
 
 def cmd_info(args: argparse.Namespace) -> None:
-    from selfguard_jax.config import ModelConfig
+    from selfguard_jax.tensor_source import read_config
 
-    cfg = ModelConfig.from_pretrained(args.path)
+    cfg = read_config(args.path)
     n = cfg.num_params()
     print(f"architecture   {cfg.architecture} ({cfg.model_type})")
     print(f"layers         {cfg.num_layers}  hidden {cfg.hidden_size}  heads {cfg.num_heads}  kv heads "
@@ -54,10 +54,10 @@ def cmd_info(args: argparse.Namespace) -> None:
 
 
 def cmd_plan(args: argparse.Namespace) -> None:
-    from selfguard_jax.config import ModelConfig
     from selfguard_jax.plan import describe
+    from selfguard_jax.tensor_source import read_config
 
-    cfg = ModelConfig.from_pretrained(args.model)
+    cfg = read_config(args.model)
     try:
         mesh = {k.strip(): int(v) for k, v in (kv.split("=") for kv in args.mesh.split(","))}
     except ValueError:

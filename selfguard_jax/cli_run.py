@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from selfguard_jax.prompts import REMINDER_PRESETS
+from selfguard_jax.spec import Sampling
 
 
 def _ints(text: str) -> list[int]:
@@ -62,7 +63,9 @@ def _layer_sets(text: str) -> list[list[int]]:
 
 def add_sampling(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-new-tokens", type=positive_int, default=None,
-                   help="default: the reminder budget (think + answer) with --remind, else 256")
+                   help="the budget of a one-phase run (default: --max-think-tokens + --max-answer-tokens on a "
+                   "thinking model, --max-answer-tokens otherwise); a two-phase run (--remind) is budgeted by its "
+                   "caps")
     p.add_argument("--temperature", type=nonneg_float, default=0.0)
     p.add_argument("--top-p", type=probability, default=1.0)
     p.add_argument("--top-k", type=nonneg_int, default=0)
@@ -71,6 +74,11 @@ def add_sampling(p: argparse.ArgumentParser) -> None:
                    help="decode slots: prompts decoded at once, a slot refilled as soon as its prompt ends")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     add_layer_loop(p)
+
+
+def _sampling(args: argparse.Namespace) -> Sampling:
+    return Sampling(temperature=args.temperature, top_p=getattr(args, "top_p", 1.0), top_k=getattr(args, "top_k", 0),
+                    seed=args.seed)
 
 
 def add_layer_loop(p: argparse.ArgumentParser) -> None:
@@ -184,15 +192,10 @@ def cmd_generate(args: argparse.Namespace) -> int:
         raise ValueError(f"{args.model} has no tokenizer files, needed for text prompts, --chat and --remind; "
                          "give input_ids in a JSONL prompts file instead.")
     vectors = load_vectors_any(args.vector, lm) if args.vector else None
-    run_kw = recipe.generate_kwargs(lm.tokenizer, vectors) if lm.tokenizer is not None else dict(
-        steering=recipe.steering(vectors), reminder=None, thinking=None, max_new_tokens=256)
-    if run_kw["steering"] is not None:
+    spec = recipe.spec(lm.tokenizer, vectors, max_new_tokens=args.max_new_tokens, sampling=_sampling(args))
+    if spec.steering is not None:
         warn_oversteer(args.vector, vectors, recipe)
-    if not (recipe.remind or recipe.two_phase):
-        run_kw["max_new_tokens"] = 256
-    if args.max_new_tokens is not None:
-        run_kw["max_new_tokens"] = args.max_new_tokens
-    max_new = run_kw["max_new_tokens"]
+    max_new = spec.budget()
 
     def to_ids(rec):
         if "input_ids" in rec:
@@ -202,8 +205,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
         return lm.tokenizer.encode(rec["prompt"])
 
     def gen(batch):
-        return lm.generate(batch, temperature=args.temperature, top_p=args.top_p, top_k=args.top_k,
-                           seed=args.seed, eager=args.eager, slots=args.batch_size, **run_kw)
+        return lm.generate(batch, spec, eager=args.eager, slots=args.batch_size)
 
     decode_text = None if lm.tokenizer is None else (lambda ids: lm.tokenizer.decode(ids))
     found = None if lm.tokenizer is None else recipe.markers(lm.tokenizer)
@@ -265,7 +267,7 @@ def cmd_extract(args: argparse.Namespace) -> int:
     lm = load_model(args)
     _require_tokenizer(lm, "extract")
     sg = extract_selfguard(lm, questions, model_id=str(args.model), dataset_name=args.questions, suffix=args.suffix,
-                           method=args.method, batch_size=args.batch_size)
+                           method=args.method, batch_size=args.batch_size, read=args.read)
     vectors, norms = sg.vectors, sg.residual_norms
     save_vectors(args.out, vectors, sg.meta)
     print(f"wrote {args.method} vectors [{vectors.shape[0]}, {vectors.shape[1]}] from {len(questions)} pairs "
@@ -291,9 +293,9 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     harmful = [recipe.prompt_ids(lm.tokenizer, q) for q in _questions(args.harmful)]
     benign = [recipe.prompt_ids(lm.tokenizer, q) for q in _questions(args.benign)]
     norms = sweep.reference_norms(lm, args.vector, harmful + benign)  # for the over-steering check
-    results = sweep.run_sweep(lm, vectors, args.layer_sets, args.alphas, harmful, benign, args.max_new_tokens,
-                              batch_size=args.batch_size, temperature=args.temperature, seed=args.seed,
-                              residual_norms=norms)
+    spec = recipe.spec(lm.tokenizer, max_new_tokens=args.max_new_tokens, sampling=_sampling(args))
+    results = sweep.run_sweep(lm, vectors, args.layer_sets, args.alphas, harmful, benign, spec,
+                              batch_size=args.batch_size, residual_norms=norms)
     paths = sweep.write_sweep(results, args.out)
     print(sweep.sweep_table(results))
     print("wrote " + ", ".join(map(str, paths)))
@@ -353,8 +355,12 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--suffix", default="chatgpt", choices=["chatgpt", "assistant"],
                    help="Self-Reminder user suffix preset")
     e.add_argument("--batch-size", type=positive_int, default=16)
+    e.add_argument("--read", default="last_token", choices=["last_token", "authors"],
+                   help="last_token: each prompt's true last token; authors: as the Self-Guard authors' trainer "
+                        "(right-padded batches of 16, pad id 0, the batch's last column)")
     e.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
-    e.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    e.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
+                   help="float16 as the authors' trainer loads the model")
     add_layer_loop(e)
     e.set_defaults(fn=cmd_extract)
 

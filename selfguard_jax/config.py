@@ -11,21 +11,21 @@ from typing import Any
 
 import numpy as np
 
+from selfguard_jax.errors import ConfigError
+
 SUPPORTED_ARCHITECTURES = {
     "LlamaForCausalLM": "llama",
     "Qwen2ForCausalLM": "qwen2",
     "Qwen3ForCausalLM": "qwen3",
     "MistralForCausalLM": "mistral",
+    "Qwen3MoeForCausalLM": "qwen3_moe",
+    "GptOssForCausalLM": "gpt_oss",
     "Gemma3ForCausalLM": "gemma3_text",
     "Phi3ForCausalLM": "phi3",
 }
 SUPPORTED_ROPE_TYPES = ("default", "linear", "llama3", "yarn", "longrope")
 SUPPORTED_ACTIVATIONS = ("silu", "gelu_pytorch_tanh")
 LAYER_TYPES = ("full_attention", "sliding_attention")
-
-
-class ConfigError(ValueError):
-    """A config.json this project cannot run exactly; the message names the field and the fix."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,10 +52,17 @@ class ModelConfig:
     bos_token_id: int | None = None
     eos_token_ids: tuple[int, ...] = ()
     pad_token_id: int | None = None
-    # Per-layer attention kinds (read through attention_kinds.layer_kinds): "full_attention" / "sliding_attention"
-    # per layer (empty: all sliding when sliding_window is set, else all full); sliding layers' own rope.
-    layer_types: tuple[str, ...] = ()
-    local_rope_theta: float | None = None
+    num_experts: int = 0
+    num_experts_per_tok: int = 0
+    moe_intermediate_size: int = 0
+    norm_topk_prob: bool = False
+    moe_layers: tuple[int, ...] = ()
+    moe_style: str = "qwen3"  # "qwen3": softmax, top k, SwiGLU; "gpt_oss": biased top k, softmax, clamped SwiGLU
+    swiglu_alpha: float = 1.702
+    swiglu_limit: float = 7.0
+    attention_sinks: bool = False
+    layer_windows: tuple[int, ...] = ()  # per block: a sliding window of that many tokens, 0 for full attention
+    local_rope_theta: float | None = None  # Gemma 3's sliding blocks (those with a window): their own rope
     local_rope_scaling: tuple[tuple[str, Any], ...] | None = None
     partial_rotary_factor: float = 1.0
     # Gemma: (1 + w) norms in float32, norms after attention and the MLP too, embeddings times sqrt(hidden),
@@ -88,8 +95,13 @@ class ModelConfig:
         per_layer += d if self.o_bias else 0
         per_layer += 2 * h if self.qk_norm else 0
         per_layer += 2 * d if self.gemma_norms else 0
+        sparse, i = len(self.moe_layers), self.moe_intermediate_size
+        moe = sparse * self.num_experts * (d + 3 * d * i) - sparse * 3 * d * f
+        if self.moe_style == "gpt_oss":  # router and expert biases, one sink per head
+            moe += sparse * self.num_experts * (1 + 2 * i + d)
+        per_layer += n if self.attention_sinks else 0
         head = 0 if self.tie_word_embeddings else d * self.vocab_size
-        return L * per_layer + self.vocab_size * d + d + head
+        return L * per_layer + moe + self.vocab_size * d + d + head
 
     @classmethod
     def from_dict(cls, hf: dict[str, Any]) -> "ModelConfig":
@@ -107,7 +119,7 @@ class ModelConfig:
         _require(hf, "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size", "vocab_size")
         _check_types(hf)
         act = hf.get("hidden_activation") or hf.get("hidden_act") or "silu"
-        if act not in SUPPORTED_ACTIVATIONS:
+        if act not in SUPPORTED_ACTIVATIONS and model_type != "gpt_oss":
             raise ConfigError(f"config.json field 'hidden_act'={act!r} is not supported; supported: "
                               f"{SUPPORTED_ACTIVATIONS}.")
         if hf.get("mlp_bias"):
@@ -125,7 +137,6 @@ class ModelConfig:
                               "applies it (Gemma 2 did) and released Gemma 3 configs leave it null; set it to null.")
         if model_type == "phi3" and attention_bias:
             raise ConfigError("config.json field 'attention_bias'=true is not supported for Phi3.")
-        layer_types = _layer_types(hf, model_type)
         local = _rope_params(hf, "sliding_attention") if gemma else None
         return cls(
             architecture=arch,
@@ -139,8 +150,9 @@ class ModelConfig:
             rms_norm_eps=float(hf.get("rms_norm_eps", 1e-6)),
             tie_word_embeddings=bool(hf.get("tie_word_embeddings", False)),
             qkv_bias=True if model_type == "qwen2" else attention_bias,
-            o_bias=attention_bias if model_type in ("llama", "qwen3", "mistral", "gemma3_text") else False,
-            qk_norm=model_type in ("qwen3", "gemma3_text"),
+            o_bias=attention_bias if model_type in ("llama", "qwen3", "mistral", "qwen3_moe", "gpt_oss",
+                                                    "gemma3_text") else False,
+            qk_norm=model_type in ("qwen3", "qwen3_moe", "gemma3_text"),
             rope_theta=_rope_theta(hf),
             rope_scaling=_rope_scaling(hf),
             max_position_embeddings=int(hf.get("max_position_embeddings", 4096)),
@@ -148,26 +160,26 @@ class ModelConfig:
             bos_token_id=hf.get("bos_token_id"),
             eos_token_ids=_as_ids(hf.get("eos_token_id")),
             pad_token_id=hf.get("pad_token_id"),
-            layer_types=layer_types,
             local_rope_theta=None if local is None else float(local.get("rope_theta", 10000.0)),
             local_rope_scaling=None if local is None else _rope_scaling(hf, local),
             partial_rotary_factor=_partial_rotary_factor(hf, head_dim),
-            hidden_act=act,
+            hidden_act=act if model_type != "gpt_oss" else "silu",
             gemma_norms=gemma,
             embed_scale=gemma,
             query_pre_attn_scalar=_query_pre_attn_scalar(hf) if gemma else None,
             final_logit_softcapping=_positive_or_none(hf, "final_logit_softcapping"),
+            **_moe_fields(hf, model_type),
+            **_window_fields(hf, model_type),
         )
 
     @classmethod
     def from_pretrained(cls, path: str | Path) -> "ModelConfig":
-        """Read `config.json` (and `generation_config.json` EOS ids, if present) from a model folder, or the
-        metadata of a GGUF model file."""
+        """Read `config.json` (and `generation_config.json` EOS ids, if present) from a model folder (a GGUF
+        file's config: `tensor_source.read_config`)."""
         folder = Path(path)
-        if folder.suffix.lower() == ".gguf" and not folder.is_dir():
-            from selfguard_jax.gguf_checkpoint import GGUFFile
-
-            return cls.from_dict(GGUFFile(folder).hf_config())
+        if not folder.is_dir() and folder.suffix.lower() == ".gguf":
+            raise ConfigError(f"{folder} is a GGUF file, not a model folder; read its config with "
+                              "selfguard_jax.tensor_source.read_config (sgj.load takes either).")
         cfg_file = folder / "config.json"
         if not cfg_file.is_file():
             raise ConfigError(f"{cfg_file} not found: a model folder needs the Hugging Face config.json.")
@@ -217,8 +229,8 @@ class ModelConfig:
         if self.partial_rotary_factor != 1.0:
             rope["partial_rotary_factor"] = self.partial_rotary_factor
         out["rope_parameters"] = rope
-        if self.layer_types:
-            out["layer_types"] = list(self.layer_types)
+        if self.model_type == "gemma3_text":
+            out["layer_types"] = ["sliding_attention" if w else "full_attention" for w in self.layer_windows]
         if self.model_type == "gemma3_text":
             local = {**dict(self.local_rope_scaling or self.rope_scaling), "rope_theta": self.local_rope_theta}
             out |= {"hidden_activation": self.hidden_act, "query_pre_attn_scalar": self.query_pre_attn_scalar,
@@ -231,8 +243,18 @@ class ModelConfig:
                 out["original_max_position_embeddings"] = rope["original_max_position_embeddings"]
         if self.model_type != "qwen2":
             out["attention_bias"] = self.o_bias
-        if self.model_type in ("qwen2", "qwen3"):
+        if self.model_type in ("qwen2", "qwen3", "qwen3_moe"):
             out["use_sliding_window"] = False
+        if self.model_type == "qwen3_moe":
+            out |= {"num_experts": self.num_experts, "num_experts_per_tok": self.num_experts_per_tok,
+                    "moe_intermediate_size": self.moe_intermediate_size, "norm_topk_prob": self.norm_topk_prob,
+                    "decoder_sparse_step": 1,
+                    "mlp_only_layers": [i for i in range(self.num_layers) if i not in self.moe_layers]}
+        if self.model_type == "gpt_oss":
+            window = max(self.layer_windows, default=0) or None
+            out |= {"num_local_experts": self.num_experts, "num_experts_per_tok": self.num_experts_per_tok,
+                    "swiglu_alpha": self.swiglu_alpha, "swiglu_limit": self.swiglu_limit, "sliding_window": window,
+                    "layer_types": ["sliding_attention" if w else "full_attention" for w in self.layer_windows]}
         if self.model_type == "mistral":
             out["sliding_window"] = self.sliding_window
         return out
@@ -384,27 +406,84 @@ def _positive_or_none(hf: dict, key: str) -> float | None:
     return float(value)
 
 
-def _layer_types(hf: dict, model_type: str) -> tuple[str, ...]:
-    """Each layer's attention kind where the config mixes them (Gemma 3: `layer_types`, or legacy
-    `sliding_window_pattern`: every n-th layer full); () where every layer attends the same way."""
-    types = hf.get("layer_types")
-    if model_type == "gemma3_text" and not types:
-        n = int(hf.get("sliding_window_pattern", hf.get("_sliding_window_pattern", 6)))
-        types = ["sliding_attention" if (i + 1) % n else "full_attention" for i in range(hf["num_hidden_layers"])]
-    if not types or all(t == "full_attention" for t in types) or model_type in ("qwen2", "qwen3"):
-        return ()
-    if len(types) != hf["num_hidden_layers"] or not set(types) <= set(LAYER_TYPES):
-        raise ConfigError(f"config.json field 'layer_types' must give one of {LAYER_TYPES} for each of the "
-                          f"{hf['num_hidden_layers']} layers; got {sorted(set(map(str, types)))} over {len(types)}.")
-    if not hf.get("sliding_window"):
-        raise ConfigError("config.json field 'layer_types' has sliding layers but 'sliding_window' is not set.")
-    return tuple(types)
+def _moe_fields(hf: dict, model_type: str) -> dict[str, Any]:
+    """The routed-experts fields of a mixture-of-experts config; `moe_layers` lists the sparse blocks (Qwen3-MoE:
+    every `decoder_sparse_step`-th block not in `mlp_only_layers`, as transformers builds them)."""
+    if model_type == "gpt_oss":
+        return _gpt_oss_fields(hf)
+    if model_type != "qwen3_moe":
+        return {}
+    experts = hf.get("num_experts", hf.get("num_local_experts", 128))
+    for key, value in (("num_experts", experts), ("num_experts_per_tok", hf.get("num_experts_per_tok", 8)),
+                       ("moe_intermediate_size", hf.get("moe_intermediate_size", 768)),
+                       ("decoder_sparse_step", hf.get("decoder_sparse_step", 1))):
+        if not isinstance(value, int) or isinstance(value, bool) or value < (key != "num_experts"):
+            raise ConfigError(f"config.json field {key!r} is {value!r}; expected a positive integer.")
+    k, step = hf.get("num_experts_per_tok", 8), hf.get("decoder_sparse_step", 1)
+    if experts and k > experts:
+        raise ConfigError(f"config.json field 'num_experts_per_tok' is {k}, more than num_experts ({experts}).")
+    dense = hf.get("mlp_only_layers") or []
+    if not isinstance(dense, list) or not all(isinstance(i, int) and not isinstance(i, bool) for i in dense):
+        raise ConfigError(f"config.json field 'mlp_only_layers' is {dense!r}; expected a list of layer indices.")
+    layers = range(hf["num_hidden_layers"])
+    return {"num_experts": experts, "num_experts_per_tok": k,
+            "moe_intermediate_size": hf.get("moe_intermediate_size", 768),
+            "norm_topk_prob": bool(hf.get("norm_topk_prob", False)),
+            "moe_layers": tuple(i for i in layers if experts and i not in dense and (i + 1) % step == 0)}
+
+
+def _gpt_oss_fields(hf: dict) -> dict[str, Any]:
+    """gpt-oss: every block routed (biased top k, softmax over the chosen, clamped SwiGLU with biases), attention
+    with one learned sink per head, sliding-window and full blocks as `layer_types` says."""
+    L = hf["num_hidden_layers"]
+    experts, k = hf.get("num_local_experts", hf.get("num_experts")), hf.get("num_experts_per_tok", 4)
+    for key, value in (("num_local_experts", experts), ("num_experts_per_tok", k)):
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ConfigError(f"config.json field {key!r} is {value!r}; expected a positive integer.")
+    types = hf.get("layer_types") or ["sliding_attention" if i % 2 == 0 else "full_attention" for i in range(L)]
+    if len(types) != L or set(types) - {"sliding_attention", "full_attention"}:
+        raise ConfigError(f"config.json field 'layer_types' is {types!r}; expected {L} entries of "
+                          "'sliding_attention' or 'full_attention'.")
+    window = hf.get("sliding_window") or 128
+    return {"num_experts": experts, "num_experts_per_tok": k, "moe_intermediate_size": hf["intermediate_size"],
+            "moe_layers": tuple(range(L)), "moe_style": "gpt_oss", "attention_sinks": True,
+            "swiglu_alpha": float(hf.get("swiglu_alpha", 1.702)), "swiglu_limit": float(hf.get("swiglu_limit", 7.0)),
+            "layer_windows": tuple(int(window) if t == "sliding_attention" else 0 for t in types)}
+
+
+def _window_fields(hf: dict, model_type: str) -> dict[str, Any]:
+    """`layer_windows` of a model whose blocks slide (gpt-oss: `_gpt_oss_fields`): Gemma 3 by `layer_types` (or
+    legacy `sliding_window_pattern`: every n-th block full), Mistral and Phi-3 every block when `sliding_window`
+    is set."""
+    window, L = _sliding_window(hf, model_type), hf["num_hidden_layers"]
+    if model_type == "gemma3_text":
+        types = hf.get("layer_types")
+        if not types:
+            n = int(hf.get("sliding_window_pattern", hf.get("_sliding_window_pattern", 6)))
+            types = ["sliding_attention" if (i + 1) % n else "full_attention" for i in range(L)]
+        if len(types) != L or not set(types) <= set(LAYER_TYPES):
+            raise ConfigError(f"config.json field 'layer_types' must give one of {LAYER_TYPES} for each of the "
+                              f"{L} layers; got {sorted(set(map(str, types)))} over {len(types)}.")
+        if window is None and "sliding_attention" in types:
+            raise ConfigError("config.json field 'layer_types' has sliding layers but 'sliding_window' is not set.")
+        return {"layer_windows": tuple(window if t == "sliding_attention" else 0 for t in types)}
+    if model_type in ("mistral", "phi3") and window:
+        return {"layer_windows": (window,) * L}
+    return {}
 
 
 def _sliding_window(hf: dict, model_type: str) -> int | None:
-    """The window of the sliding layers (every layer without `layer_types`; see attention_kinds.layer_kinds)."""
+    """The window of a model's sliding blocks (run through `layer_windows`); None where none slides."""
+    if model_type == "gpt_oss":  # per-block windows: `_gpt_oss_fields`
+        return None
     layer_types = hf.get("layer_types")
-    if model_type in ("qwen2", "qwen3"):
+    if model_type not in ("gemma3_text",) and layer_types and any(t != "full_attention" for t in layer_types):
+        if model_type in ("qwen2", "qwen3", "qwen3_moe") and not hf.get("use_sliding_window", False):
+            return None
+        raise ConfigError(
+            f"config.json field 'layer_types' mixes attention kinds ({sorted(set(layer_types))}); "
+            "only full attention is implemented for this architecture.")
+    if model_type in ("qwen2", "qwen3", "qwen3_moe"):
         if hf.get("use_sliding_window", False):
             raise ConfigError("config.json field 'use_sliding_window'=true is not supported; set it to false "
                               "(full attention) only if the checkpoint was trained that way.")

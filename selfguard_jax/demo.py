@@ -14,11 +14,11 @@ from pathlib import Path
 
 import yaml
 
-from selfguard_jax import batch_io, chat, extract
+from selfguard_jax import batch_io, extract, lm as lm_mod
 from selfguard_jax.evaluate import datasets, judges, metrics, report
 from selfguard_jax.organism import CHECKPOINT, HELDOUT
 from selfguard_jax.selfguard import extract_selfguard
-from selfguard_jax.recipes import get_recipe
+from selfguard_jax.recipes import Recipe, get_recipe
 
 DEMO_RECIPES = ("vanilla", "prompt-only", "selfguard", "saferemind", "selfguard+saferemind")
 PRESET = Path(__file__).resolve().parent / "organism" / "preset.yaml"
@@ -43,10 +43,17 @@ def heldout(limit_per_kind: int | None = None) -> list[dict]:
     return rows
 
 
+def demo_recipe(name: str, preset: dict) -> Recipe:
+    """A recipe with the organism's preset: its protocol caps and threshold, and for the steering recipes only, its
+    layers and alpha."""
+    keys = ("threshold", "max_think_tokens", "max_answer_tokens")
+    if get_recipe(name).steers:
+        keys += ("steer_layers", "steer_alpha")
+    return get_recipe(name, **{k: preset[k] for k in keys})
+
+
 def run_demo(out_dir: str | Path = "runs/demo", limit_per_kind: int | None = None, batch_size: int = 16) -> str:
     """Run the demo and return the printed table (Markdown)."""
-    from selfguard_jax import lm as lm_mod
-
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     preset = organism_preset()
@@ -59,22 +66,16 @@ def run_demo(out_dir: str | Path = "runs/demo", limit_per_kind: int | None = Non
           f"{time.perf_counter() - t0:.1f}s; steering blocks {preset['steer_layers']} at alpha {preset['steer_alpha']}")
     print("  " + extract.oversteer_report(vectors, preset["steer_layers"], preset["steer_alpha"], norms).message())
     records = heldout(limit_per_kind)
-    think_end = chat.think_markers(lm.tokenizer)[1]
     table, throughput, rows_by_recipe = {}, {}, {}
     for name in DEMO_RECIPES:
-        keys = ("threshold", "max_think_tokens", "max_answer_tokens")
-        if get_recipe(name).steers:  # only the steering recipes take the organism's layers and alpha
-            keys += ("steer_layers", "steer_alpha")
-        recipe = get_recipe(name, **{k: preset[k] for k in keys})
-        run_kw = recipe.generate_kwargs(lm.tokenizer, vectors)
-        if run_kw["thinking"] is None:
-            run_kw["think_end_ids"] = think_end
+        recipe = demo_recipe(name, preset)
+        spec = recipe.spec(lm.tokenizer, vectors)
         path = out / "generations" / f"{name}__heldout.jsonl"
         path.unlink(missing_ok=True)
         stats = batch_io.run_to_jsonl(
             records, path, batch_size * batch_io.QUEUE_PER_SLOT,
             lambda r, recipe=recipe: recipe.prompt_ids(lm.tokenizer, r["prompt"]),
-            lambda b, kw=run_kw: lm.generate(b, slots=batch_size, **kw),
+            lambda b, spec=spec: lm.generate(b, spec, slots=batch_size),
             lambda ids: lm.tokenizer.decode(ids), extra=lambda r, n=name: {"recipe": n}, desc=name)
         rows = [judges.judge_record(r, ["keyword"]) for r in batch_io.read_results(path)]
         rows_by_recipe[name] = rows

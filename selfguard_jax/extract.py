@@ -3,7 +3,8 @@ and a logistic-probe direction.
 
 All read the hidden state of each row's true last prompt token at the output of every block k
 (Hugging Face `hidden_states[k + 1]`, the last one final-normed as transformers returns it), accumulated
-in float32 whatever the model dtype.
+in float32 whatever the model dtype; `read="authors"` reads as the Self-Guard authors' trainer did instead
+(extract_authors).
 """
 
 from __future__ import annotations
@@ -18,8 +19,9 @@ import numpy as np
 import optax
 from tqdm.auto import tqdm
 
-from selfguard_jax.model import hf_hidden_states
 from selfguard_jax.buckets import bucket
+from selfguard_jax.extract_authors import authors_pair_states
+from selfguard_jax.model import hf_hidden_states
 
 
 @functools.partial(jax.jit, static_argnames=("cfg", "scan_layers"))
@@ -109,12 +111,25 @@ def probe_direction(pos_NLD: np.ndarray, neg_NLD: np.ndarray, steps: int = 300, 
     return _scaled(w / (np.linalg.norm(w, axis=1, keepdims=True) + 1e-12), pos_NLD, neg_NLD)
 
 
+READS = ("last_token", "authors")
+
+
 def extract(lm, positive_ids: Sequence[Sequence[int]], negative_ids: Sequence[Sequence[int]],
-            method: str = "mean_diff", batch_size: int = 16, pad_side: str = "left") -> tuple[np.ndarray, np.ndarray]:
+            method: str = "mean_diff", batch_size: int = 16, pad_side: str = "left",
+            read: str = "last_token") -> tuple[np.ndarray, np.ndarray]:
     """(vectors [L, D], residual norms [L]): the chosen method, and the mean norm of the residual stream at the
-    input of each block (hidden_states[k]) over all prompts, for the over-steering check."""
-    pos = last_token_states(lm, positive_ids, batch_size, pad_side, desc="positives")
-    neg = last_token_states(lm, negative_ids, batch_size, pad_side, desc="negatives")
+    input of each block (hidden_states[k]) over all prompts, for the over-steering check.
+
+    `read`: "last_token" (default) reads each prompt's true last token; "authors" reads as the Self-Guard
+    authors' trainer did (extract_authors: pairs interleaved, right-padded batches of 16 with pad id 0, the
+    batch's last column, mostly a pad token), whatever `batch_size` and `pad_side` say."""
+    if read not in READS:
+        raise ValueError(f"read {read!r} is unknown; use one of {READS}.")
+    if read == "authors":
+        pos, neg = authors_pair_states(lm, positive_ids, negative_ids)
+    else:
+        pos = last_token_states(lm, positive_ids, batch_size, pad_side, desc="positives")
+        neg = last_token_states(lm, negative_ids, batch_size, pad_side, desc="negatives")
     norms = np.linalg.norm(np.concatenate([pos, neg])[:, :-1], axis=-1).mean(0).astype(np.float32)
     if method == "mean_diff":
         vec = (pos.mean(0, dtype=np.float64) - neg.mean(0, dtype=np.float64)).astype(np.float32)[1:]

@@ -14,11 +14,11 @@ from typing import Any
 
 import numpy as np
 
-from selfguard_jax.checkpoint import CheckpointError
+from selfguard_jax.errors import CheckpointError
 
 # GGUF `general.architecture` -> the HF architecture it is loaded as. llama.cpp files Mistral models as llama.
 ARCHITECTURES = {"llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM", "qwen3": "Qwen3ForCausalLM",
-                 "gemma3": "Gemma3ForCausalLM"}
+                 "qwen3moe": "Qwen3MoeForCausalLM", "gemma3": "Gemma3ForCausalLM"}
 # Tensor types dequantised here (all through gguf.quants); others are refused by name.
 TENSOR_TYPES = ("F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K")
 
@@ -32,7 +32,7 @@ _BLOCK_NAMES = {
     "attn_v.bias": "self_attn.v_proj.bias", "attn_output.bias": "self_attn.o_proj.bias",
     "attn_q_norm.weight": "self_attn.q_norm.weight", "attn_k_norm.weight": "self_attn.k_norm.weight",
     "ffn_gate.weight": "mlp.gate_proj.weight", "ffn_up.weight": "mlp.up_proj.weight",
-    "ffn_down.weight": "mlp.down_proj.weight",
+    "ffn_down.weight": "mlp.down_proj.weight", "ffn_gate_inp.weight": "mlp.gate.weight",
 }
 # Gemma 3 norms around attention and the MLP (llama.cpp's ffn_norm is the norm before the MLP in both families).
 _GEMMA3_BLOCK_NAMES = _BLOCK_NAMES | {
@@ -40,6 +40,9 @@ _GEMMA3_BLOCK_NAMES = _BLOCK_NAMES | {
     "post_attention_norm.weight": "post_attention_layernorm.weight",
     "post_ffw_norm.weight": "post_feedforward_layernorm.weight",
 }
+# Routed experts, one GGUF tensor [E, out, in] per block, presented as the HF checkpoints' one tensor per expert.
+_EXPERT_NAMES = {"ffn_gate_exps.weight": "gate_proj", "ffn_up_exps.weight": "up_proj",
+                 "ffn_down_exps.weight": "down_proj"}
 _BLOCK = re.compile(r"blk\.(\d+)\.(.+)")
 # llama.cpp has no key for these; it fixes them in code for gemma3 (as transformers' GGUF reader does): every 6th
 # layer global, the rest sliding with rope base 10000.
@@ -95,8 +98,15 @@ class GGUFFile:
                 f"GGUF architecture {self.arch!r} in {self.path.name} is not supported; supported: "
                 f"{sorted(ARCHITECTURES)}. Convert the original HF folder instead if its architecture is.")
         self.tensors: dict[str, Any] = {}
+        self.experts: dict[str, tuple[Any, int]] = {}  # HF per-expert name -> (GGUF tensor, expert)
+        self._last: tuple[str, np.ndarray] | None = None  # the last expert stack dequantised, sliced per expert
         unknown = []
         for t in self.reader.tensors:
+            m = _BLOCK.fullmatch(t.name)
+            if m and m.group(2) in _EXPERT_NAMES:
+                for e in range(int(t.shape[-1])):
+                    self.experts[f"model.layers.{m.group(1)}.mlp.experts.{e}.{_EXPERT_NAMES[m.group(2)]}.weight"] = (t, e)
+                continue
             name = hf_name(t.name, self.arch)
             if name is None:
                 unknown.append(t.name)
@@ -139,11 +149,13 @@ class GGUFFile:
         vocab = self.field(a + "vocab_size") or len(self.field("tokenizer.ggml.tokens", []))
         if not vocab:
             vocab = int(self.tensors["model.embed_tokens.weight"].shape[-1])
+        moe = self.arch == "qwen3moe"
+        ffn = self.field(a + "feed_forward_length") if moe else self._int(a + "feed_forward_length")
         hf = {
-            "architectures": [ARCHITECTURES[self.arch]], "model_type": self.arch,
+            "architectures": [ARCHITECTURES[self.arch]], "model_type": "qwen3_moe" if moe else self.arch,
             "hidden_size": hidden, "num_hidden_layers": self._int(a + "block_count"),
             "num_attention_heads": heads, "num_key_value_heads": int(kv), "head_dim": head_dim,
-            "intermediate_size": self._int(a + "feed_forward_length"), "vocab_size": int(vocab),
+            "intermediate_size": int(ffn or self._int(a + "expert_feed_forward_length")), "vocab_size": int(vocab),
             "rms_norm_eps": float(self.field(a + "attention.layer_norm_rms_epsilon", 1e-6)),
             "rope_theta": float(self.field(a + "rope.freq_base", 10000.0)),
             "max_position_embeddings": int(self.field(a + "context_length", 4096)),
@@ -154,6 +166,9 @@ class GGUFFile:
             "eos_token_id": [i for i in dict.fromkeys(self.field(f"tokenizer.ggml.{k}_token_id")
                                                       for k in ("eos", "eot", "eom")) if i is not None],
         }
+        if moe:  # llama.cpp's qwen3moe graph: every block routed, top-k weights renormalised
+            hf |= {"num_experts": self._int(a + "expert_count"), "num_experts_per_tok": self._int(a + "expert_used_count"),
+                   "moe_intermediate_size": self._int(a + "expert_feed_forward_length"), "norm_topk_prob": True}
         scaling = self.field(a + "rope.scaling.type", "none")
         if scaling not in ("none", "linear", "yarn"):
             raise CheckpointError(f"{self.path.name}: rope scaling {scaling!r} is not supported (linear, yarn).")
@@ -184,24 +199,23 @@ class GGUFFile:
                 "final_logit_softcapping": None if cap is None else float(cap)}
 
     def keys(self) -> set[str]:
-        return set(self.tensors)
+        return set(self.tensors) | set(self.experts)
 
     def file_of(self, key: str) -> Path:
         return self.path
 
     def get(self, key: str) -> np.ndarray:
         """One tensor dequantised to float32 in the HF layout ([out, in] for projections)."""
-        from gguf import dequantize
-
+        if key in self.experts:  # experts are read in order: the stack is dequantised once, then sliced
+            t, e = self.experts[key]
+            if self._last is None or self._last[0] != t.name:
+                self._last = None
+                self._last = (t.name, self._dequantised(t))
+            return self._last[1][e]
         if key not in self.tensors:
             raise CheckpointError(f"tensor {key!r} is missing from {self.path.name}; the file is incomplete "
                                   "or its metadata disagrees with its tensors.")
-        t = self.tensors[key]
-        with open(self.path, "rb") as f:  # a fresh buffer, not the memory map: the pages leave with it
-            f.seek(t.data_offset)
-            raw = np.frombuffer(f.read(t.n_bytes), dtype=t.data.dtype).reshape(t.data.shape)
-        w = np.asarray(dequantize(raw, t.tensor_type), np.float32)
-        w = w.reshape([int(n) for n in reversed(t.shape)])
+        w = self._dequantised(self.tensors[key])
         if self.arch == "gemma3" and key.endswith("norm.weight"):
             w = w - 1  # llama.cpp stores Gemma's (1 + w) norm scales with the one added
         if self.arch == "llama" and ".self_attn.q_proj." in key:
@@ -210,6 +224,16 @@ class GGUFFile:
             heads = self._int(self.arch + ".attention.head_count")
             w = unpermute_qk(w, int(self.field(self.arch + ".attention.head_count_kv", heads)))
         return w
+
+    def _dequantised(self, t: Any) -> np.ndarray:
+        """One GGUF tensor as float32 in numpy order (GGUF lists dims innermost first)."""
+        from gguf import dequantize
+
+        with open(self.path, "rb") as f:  # a fresh buffer, not the memory map: the pages leave with it
+            f.seek(t.data_offset)
+            raw = np.frombuffer(f.read(t.n_bytes), dtype=t.data.dtype).reshape(t.data.shape)
+        w = np.asarray(dequantize(raw, t.tensor_type), np.float32)
+        return w.reshape([int(n) for n in reversed(t.shape)])
 
     def _int(self, key: str) -> int:
         return int(self._req(key))

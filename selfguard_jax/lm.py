@@ -11,10 +11,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from selfguard_jax import checkpoint, gguf_checkpoint
+from selfguard_jax import checkpoint, decode, gguf_checkpoint, tensor_source
 from selfguard_jax.config import ModelConfig
 from selfguard_jax.model import (Params, SteerInput, Transformer, causal_mask, forward, hf_hidden_states,
-                                 layers_are_stacked, positions_from_mask, unstack_layers)
+                                 layers_are_stacked, positions_from_mask, stack_layers, unstack_layers)
+from selfguard_jax.policy import ExecutionPolicy
+from selfguard_jax.sharding import batch_sharding, param_shardings, shard_params
+from selfguard_jax.spec import GenerationSpec
 from selfguard_jax.steering import Steering
 
 
@@ -30,23 +33,39 @@ _hidden_states = jax.jit(hf_hidden_states, static_argnames=("cfg", "scan_layers"
 
 @dataclasses.dataclass
 class LM:
-    """A loaded model. `params` is a plain nested dict of arrays; everything else is static."""
+    """A loaded model. `params` is a plain nested dict of arrays; `policy` says how it runs (None: the platform's
+    default for the params' layout)."""
 
     config: ModelConfig
     params: Params
     tokenizer: Any = None
     path: str | None = None
     mesh: Any = None
+    execution: ExecutionPolicy | None = None
+
+    @property
+    def policy(self) -> ExecutionPolicy:
+        """The execution policy: layer layout, cache layout, row groups (`policy.ExecutionPolicy`)."""
+        if self.execution is not None:
+            return self.execution
+        return ExecutionPolicy.for_platform(jax.devices()[0].platform, layers_are_stacked(self.params))
 
     @property
     def scan_layers(self) -> bool:
         """Whether the blocks run under `lax.scan` (stacked params) or unrolled (per-layer params)."""
         return layers_are_stacked(self.params)
 
+    def with_policy(self, **changes: Any) -> "LM":
+        """The same model under another execution policy (fields of ExecutionPolicy); a new layer layout
+        restacks or unstacks the params."""
+        policy = dataclasses.replace(self.policy, **changes)
+        params = stack_layers(self.params) if policy.scan_layers else unstack_layers(self.params, self.config)
+        if self.mesh is not None:
+            params = shard_params(params, self.config, self.mesh)
+        return dataclasses.replace(self, params=params, execution=policy)
+
     def with_mesh(self, mesh) -> "LM":
         """The same model with params resharded onto `mesh` (sharding.make_mesh): batch over data, TP over model."""
-        from selfguard_jax.sharding import shard_params
-
         return dataclasses.replace(self, params=shard_params(self.params, self.config, mesh), mesh=mesh)
 
     def place_batch(self, *arrays: np.ndarray) -> tuple:
@@ -54,8 +73,6 @@ class LM:
         Filler rows repeat the last row; callers drop them."""
         if self.mesh is None:
             return tuple(jnp.asarray(a) for a in arrays)
-        from selfguard_jax.sharding import batch_sharding
-
         data = self.mesh.shape["data"]
         pad = -arrays[0].shape[0] % data
         out = []
@@ -110,21 +127,21 @@ class LM:
         steer = None if steering is None else steering.prompt_input(mask)
         return _hidden_states(self.params, self.config, ids, mask, steer=steer, scan_layers=self.scan_layers)
 
-    def generate(self, prompts, **kwargs):
-        """Batched generation with optional steering and SafeRemind; see `decode.generate`."""
-        from selfguard_jax.decode import generate
-
+    def generate(self, prompts, spec: GenerationSpec | None = None, *, slots: int | None = None,
+                 reminder_rows=None, progress: bool = False, eager: bool = False,
+                 **keywords: Any) -> decode.GenerationOutput:
+        """Generate for ragged token-id prompts under `spec` (see `decode.generate`). The keyword form
+        (max_new_tokens, temperature, top_p, top_k, seed, steering, reminder, thinking, think_end_ids, stop_ids)
+        builds the spec with `GenerationSpec.from_keywords`."""
+        if spec is not None and keywords:
+            raise ValueError(f"give either a GenerationSpec or keywords, not both (got spec and {sorted(keywords)}); "
+                             "change the spec with spec.replace(...).")
+        spec = GenerationSpec.from_keywords(**keywords) if spec is None else spec
+        run = dict(slots=slots, reminder_rows=reminder_rows, progress=progress, eager=eager)
         if self.mesh is None:
-            return generate(self, prompts, **kwargs)
+            return decode.generate(self, prompts, spec, **run)
         with jax.set_mesh(self.mesh):  # the model lays out the KV cache it creates on this mesh
-            return generate(self, prompts, **kwargs)
-
-
-def default_scan_layers() -> bool:
-    """Scan the blocks on TPU, where each block's weight slice fuses into its matmuls. Elsewhere run them
-    unrolled over per-layer params: on CPU the slice is a copy of the block's weights every decode step
-    (measured), and on GPU whether it is depends on XLA's dynamic-slice fusion; per-layer params never copy."""
-    return jax.devices()[0].platform == "tpu"
+            return decode.generate(self, prompts, spec, **run)
 
 
 def load(path: str | Path, dtype: str = "float32", tokenizer: bool = True, scan_layers: bool | None = None,
@@ -132,36 +149,36 @@ def load(path: str | Path, dtype: str = "float32", tokenizer: bool = True, scan_
     """Load an HF folder (config.json + safetensors [+ tokenizer]) or a folder written by `save_orbax`.
 
     `scan_layers` picks the layer layout: stacked params under `lax.scan` (compile time flat in depth) or
-    per-layer params unrolled (faster decode off TPU); None takes `default_scan_layers()`.
+    per-layer params unrolled; None takes the platform's execution policy (`ExecutionPolicy.for_platform`,
+    then `lm.policy`; override with `lm.with_policy`).
     With a mesh, each tensor goes straight onto its NamedSharding as it is read (host memory peaks near the
     largest tensor, not the checkpoint)."""
     folder = Path(path)
-    gguf = not folder.is_dir() and gguf_checkpoint.is_gguf(folder)
+    gguf = tensor_source.is_gguf_file(folder)
     if not folder.is_dir() and not gguf:
         raise FileNotFoundError(f"model folder {folder} does not exist (Hub ids are not fetched here: download "
                                 "the checkpoint first, e.g. with `huggingface-cli download`).")
     if scan_layers not in (None, True, False):
         raise ValueError(f"scan_layers must be True, False or None (the backend's default), got {scan_layers!r}.")
-    source = gguf_checkpoint.GGUFFile(folder) if gguf else folder
-    cfg = ModelConfig.from_dict(source.hf_config()) if gguf else ModelConfig.from_pretrained(folder)
-    scan_layers = default_scan_layers() if scan_layers is None else scan_layers
+    cfg = tensor_source.read_config(folder)
+    policy = ExecutionPolicy.for_platform(jax.devices()[0].platform, scan_layers)
+    scan_layers = policy.scan_layers
     shardings = None
     if mesh is not None:
-        from selfguard_jax.sharding import param_shardings
-
         shardings = param_shardings(cfg, mesh, stacked=scan_layers)
     if checkpoint.is_orbax_folder(folder):
         stacked = None if shardings is None else param_shardings(cfg, mesh)
         params = checkpoint.restore_orbax(folder, cfg, dtype, stacked)
         if not scan_layers:
-            params = unstack_layers(params)
+            params = unstack_layers(params, cfg)
             params = params if shardings is None else jax.tree.map(jax.device_put, params, shardings)
     else:
         place = None if shardings is None else (
             lambda p, a: jax.device_put(a, functools.reduce(lambda node, key: node[key], p, shardings)))
-        params = checkpoint.load_params(source, cfg, dtype, place, per_layer=not scan_layers)
+        params = checkpoint.load_params(tensor_source.open_tensors(folder), cfg, dtype, place,
+                                        per_layer=not scan_layers)
     tok = (gguf_checkpoint.load_tokenizer(folder) if gguf else load_tokenizer(folder)) if tokenizer else None
-    return LM(config=cfg, params=params, tokenizer=tok, path=str(folder), mesh=mesh)
+    return LM(config=cfg, params=params, tokenizer=tok, path=str(folder), mesh=mesh, execution=policy)
 
 
 def load_tokenizer(folder: str | Path) -> Any:

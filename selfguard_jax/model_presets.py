@@ -13,6 +13,8 @@ from typing import Any
 
 import yaml
 
+from selfguard_jax.extract import OVERSTEER_LIMIT
+
 PRESET_DIR = Path(__file__).resolve().parent.parent / "configs" / "models"
 # The Self-Guard paper's final setting on Qwen3-8B: blocks 30, 31, 32 of 36. For a model without a preset the
 # same relative depth is suggested, never applied silently (the alpha that works depends on the vectors).
@@ -101,8 +103,6 @@ def steering_setting(config: Any, preset: str | Path | ModelPreset | None = None
     if alpha is None and found is not None:
         alpha = found.steer_alpha
     if layers is None or alpha is None:
-        from selfguard_jax.extract import OVERSTEER_LIMIT
-
         missing = " and ".join(f for f, v in (("--layers", layers), ("--alpha", alpha)) if v is None)
         if found is not None:
             why = f"preset {found.describe()} records no steering setting yet ({found.status or 'null'})"

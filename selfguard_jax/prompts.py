@@ -17,6 +17,14 @@ SAFEREMIND_REMINDER = (
     "property infringement, indiscriminate weapons, hate, self-harm, sexual content, fake news, or code interpreter "
     "misuse. Additionally, if there is potential for misuse, simply adding a disclaimer may not be sufficient.\n\n")
 
+# SafeRemind's adaptive variant (REMIND_PHRASE.py): the model answers this prompt about the request first; the last
+# line of its answer becomes the reminder (selfguard_jax/adaptive.py).
+ADAPTIVE_DOUBT_BEGIN = ("Given a user request, generate sentences that question whether the request might be harmful."
+                        "\n\nBegin with hesitation (e.g., \"Wait...\" or \"Hmm...\") and mention possible risk types "
+                        "like crime, self-harm, privacy, or misuse.\n\nOnly output the safety-doubting sentence."
+                        "\n\n[User request]\n")
+ADAPTIVE_DOUBT_END = "\n\n[Safety-doubting Sentences]"
+
 REMINDER_PRESETS = {"saferemind": SAFEREMIND_REMINDER}
 SUFFIX_PRESETS = {"chatgpt": SELF_REMINDER_SUFFIX, "assistant": SELF_REMINDER_SUFFIX_ASSISTANT}
 SYSTEM_PRESETS = {"self_reminder": SELF_REMINDER_SYSTEM}

@@ -11,9 +11,10 @@ import numpy as np
 import yaml
 
 from selfguard_jax import chat, extract, model_presets
-from selfguard_jax.prompts import (REMINDER_PRESETS, SAFEREMIND_REMINDER, SELF_REMINDER_SUFFIX_ASSISTANT,
-                                   SELF_REMINDER_SYSTEM, SUFFIX_PRESETS, SYSTEM_PRESETS)
-from selfguard_jax.reminder import PLACEMENTS, Reminder, Thinking, token_budget
+from selfguard_jax.prompts import (REMINDER_PRESETS, SAFEREMIND_REMINDER, SELF_REMINDER_SUFFIX,
+                                   SELF_REMINDER_SUFFIX_ASSISTANT, SELF_REMINDER_SYSTEM, SUFFIX_PRESETS, SYSTEM_PRESETS)
+from selfguard_jax.reminder import PLACEMENTS, Reminder, Thinking
+from selfguard_jax.spec import GenerationSpec, Sampling
 from selfguard_jax.steering import Steering
 
 
@@ -73,8 +74,9 @@ class Recipe:
                                 placement=self.placement if prompt_side else None)
 
     def markers(self, tokenizer: Any) -> chat.ThinkMarkers | None:
-        """The thinking markers this recipe runs with on this tokenizer; None when the model does not think."""
-        return chat.resolve_think_markers(tokenizer, self.think_markers)
+        """The thinking markers this recipe runs with on this tokenizer; None when the model does not think (or
+        has no tokenizer to find them in: a run on token ids alone)."""
+        return None if tokenizer is None else chat.resolve_think_markers(tokenizer, self.think_markers)
 
     def _require_markers(self, tokenizer: Any) -> chat.ThinkMarkers:
         what = f"recipe {self.name!r} (reminder placement {self.placement!r})"
@@ -84,42 +86,48 @@ class Recipe:
         """The decode-side Reminder, or None when this recipe splices nothing during decoding."""
         if not self.remind or self.placement in chat.PROMPT_PLACEMENTS:
             return None
-        end_ids = list(self._require_markers(tokenizer).end_ids)
         table = chat.junctions(tokenizer, self.reminder_text) if self.junction == "retokenize" else None
         return Reminder(token_ids=chat.token_ids(tokenizer, self.reminder_text),
-                        boundary_ids=chat.boundary_ids(tokenizer), think_end_ids=end_ids, threshold=self.threshold,
-                        criterion=self.criterion, max_reminders=self.max_reminders,
-                        max_think_tokens=self.max_think_tokens, max_answer_tokens=self.max_answer_tokens,
+                        boundary_ids=chat.boundary_ids(tokenizer), thinking=self.thinking(tokenizer),
+                        threshold=self.threshold, criterion=self.criterion, max_reminders=self.max_reminders,
                         placement=self.placement, junctions=None if table is None else [table])
 
     def thinking(self, tokenizer: Any) -> Thinking | None:
-        """The two-phase protocol this recipe runs under, or None (one budget, no forced close): also for a model
-        without thinking markers, where only prompt-side reminders run (see the class docstring)."""
-        if not (self.remind or self.two_phase):
-            return None
+        """The protocol this recipe runs under: the two-phase caps (every reminding recipe, and `two_phase`
+        baselines), else phase tracking alone (for the 'thinking' steering rule and the thinking-token count),
+        else None on a model without thinking markers (see the class docstring)."""
         if self.remind and self.placement not in ONE_PHASE_PLACEMENTS:
-            return Thinking(list(self._require_markers(tokenizer).end_ids), self.max_think_tokens,
-                            self.max_answer_tokens)
-        markers = self.markers(tokenizer)
+            markers = self._require_markers(tokenizer)
+        else:
+            markers = self.markers(tokenizer)
         if markers is None:
             return None
-        return Thinking(list(markers.end_ids), self.max_think_tokens, self.max_answer_tokens)
+        if self.remind or self.two_phase:
+            return Thinking(list(markers.end_ids), self.max_think_tokens, self.max_answer_tokens)
+        return Thinking.tracked(list(markers.end_ids))
 
-    def generate_kwargs(self, tokenizer: Any, vectors: np.ndarray | None = None,
-                        residual_norms: np.ndarray | None = None) -> dict[str, Any]:
-        """What `lm.generate` takes for this recipe: steering, reminder, protocol and the one budget rule (the
-        answer cap alone on a model without thinking markers). With `residual_norms` (the vector file's record,
-        or extract.residual_norms) an over-steered setting warns (extract.OversteerWarning)."""
-        reminder, thinking = self.reminder(tokenizer), self.thinking(tokenizer)
-        thinks = thinking is not None or self.markers(tokenizer) is not None
-        default = self.max_think_tokens + self.max_answer_tokens if thinks else self.max_answer_tokens
+    def spec(self, tokenizer: Any, vectors: np.ndarray | None = None, residual_norms: np.ndarray | None = None,
+             max_new_tokens: int | None = None, sampling: Sampling = Sampling(),
+             stop_ids: tuple[int, ...] = ()) -> GenerationSpec:
+        """The GenerationSpec of this recipe on this tokenizer: steering, reminder, protocol and budget.
+        A two-phase protocol's budget is its caps (`GenerationSpec.budget`); a one-phase run gets
+        `max_new_tokens`, else max_think_tokens + max_answer_tokens on a thinking model and max_answer_tokens on
+        one without markers. With `residual_norms` (the vector file's record, or extract.residual_norms) an
+        over-steered setting warns (extract.OversteerWarning)."""
+        thinking = self.thinking(tokenizer)
         steering = self.steering(vectors)
         if steering is not None and residual_norms is not None:
             report = extract.oversteer_report(vectors, self.steer_layers, self.steer_alpha, residual_norms)
             if report.over:
                 warnings.warn(report.message(), extract.OversteerWarning, stacklevel=2)
-        return dict(steering=steering, reminder=reminder, thinking=thinking,
-                    max_new_tokens=token_budget(thinking, reminder, default=default))
+        if thinking is not None and thinking.capped:
+            budget = None
+        elif max_new_tokens is not None:
+            budget = max_new_tokens
+        else:
+            budget = self.max_answer_tokens + (self.max_think_tokens if thinking is not None else 0)
+        return GenerationSpec(max_new_tokens=budget, sampling=sampling, steering=steering, thinking=thinking,
+                              reminder=self.reminder(tokenizer), stop_ids=tuple(stop_ids))
 
     def steering(self, vectors: np.ndarray | None, row_scales=None) -> Steering | None:
         if not self.steers:
@@ -145,6 +153,8 @@ ONE_PHASE_PLACEMENTS = ("system", "before_user", "after_user")
 RECIPES: dict[str, Recipe] = {r.name: r for r in [
     Recipe("vanilla"),
     Recipe("prompt-only", **_SG),
+    # the authors' prompt-only baseline ("Self-Reminder" in their tables): "ChatGPT" in the suffix too
+    Recipe("prompt-only-authors", system=SELF_REMINDER_SYSTEM, user_suffix=SELF_REMINDER_SUFFIX),
     Recipe("steer-only", **_STEER),
     Recipe("selfguard", **_SG, **_STEER),
     Recipe("saferemind", remind=True),

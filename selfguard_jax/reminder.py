@@ -34,7 +34,8 @@ class Thinking:
     eos_closes: bool = True
 
     def __post_init__(self):
-        if not list(self.end_ids):
+        object.__setattr__(self, "end_ids", tuple(int(i) for i in self.end_ids))
+        if not self.end_ids:
             raise ValueError("Thinking.end_ids is empty; pass the ids of `</think>` (chat.think_markers).")
         if self.max_think_tokens < 1 or self.max_answer_tokens < 0:
             raise ValueError("max_think_tokens >= 1 and max_answer_tokens >= 0 are required.")
@@ -44,8 +45,13 @@ class Thinking:
         """Phase tracking only (for the 'thinking' steering rule): no caps, a stop id ends the row."""
         return cls(end_ids=end_ids, max_think_tokens=UNCAPPED, max_answer_tokens=UNCAPPED, eos_closes=False)
 
+    @property
+    def capped(self) -> bool:
+        """Whether the protocol caps the phases (False for phase tracking alone)."""
+        return self.max_think_tokens < UNCAPPED
+
     def params(self) -> ThinkParams:
-        end = list(map(int, self.end_ids))
+        end = list(self.end_ids)
         return ThinkParams(end_E=jnp.asarray(pad_rows([end], bucket(len(end), 4), -1)[0]),
                            end_len=jnp.int32(len(end)), max_think=jnp.int32(self.max_think_tokens),
                            max_answer=jnp.int32(self.max_answer_tokens), eos_closes=jnp.bool_(self.eos_closes),
@@ -69,24 +75,21 @@ class Reminder:
     merges with the phrase's first characters (chat.junctions builds it): the model then continues from the ids
     the authors' re-tokenisation gives. None splices ids after the token as they are ("append").
     placement: "entropy" (SafeRemind), "before_think_end" (reminder then `</think>` at once, where thinking
-    ends) or "answer_start" (right after `</think>`). The thinking protocol (`think_end_ids`, the caps,
-    `eos_closes_thinking`) is `self.thinking()`.
+    ends) or "answer_start" (right after `</think>`). `thinking` is the protocol the reminder runs under.
     """
 
     token_ids: Sequence[int] | Sequence[Sequence[int]]
     boundary_ids: Sequence[int]
-    think_end_ids: Sequence[int]
+    thinking: Thinking
     threshold: float = 0.5
     criterion: str = "lt"
     max_reminders: int = 1
-    max_think_tokens: int = 4096
-    max_answer_tokens: int = 1024
     choice: str = "first"
     placement: str = "entropy"
     junctions: Sequence[Mapping[int, Sequence[int]]] | None = None
-    eos_closes_thinking: bool = True
 
     def __post_init__(self):
+        object.__setattr__(self, "boundary_ids", tuple(int(i) for i in self.boundary_ids))
         if self.criterion not in CRITERIA:
             raise ValueError(f"criterion {self.criterion!r} is unknown; use 'lt' (H < threshold) or 'gt'.")
         if self.choice not in CHOICES:
@@ -102,16 +105,14 @@ class Reminder:
                              "build them with chat.junctions(tokenizer, texts).")
         if self.max_reminders < 0:
             raise ValueError("max_reminders >= 0 is required.")
-        self.thinking()
+        if not isinstance(self.thinking, Thinking):
+            raise TypeError(f"Reminder.thinking must be a Thinking (the protocol), got {type(self.thinking).__name__}.")
 
     def phrases(self) -> list[list[int]]:
         ids = list(self.token_ids)
         if ids and isinstance(ids[0], (int, np.integer)):
             return [[int(i) for i in ids]]
         return [[int(i) for i in p] for p in ids]
-
-    def thinking(self) -> Thinking:
-        return Thinking(self.think_end_ids, self.max_think_tokens, self.max_answer_tokens, self.eos_closes_thinking)
 
     def params(self, vocab_size: int) -> ReminderParams:
         """The arrays the loop reads; ids outside the vocabulary are an error."""
@@ -141,16 +142,7 @@ class Reminder:
 
 def no_reminder_params(vocab_size: int) -> ReminderParams:
     """A reminder that never fires (max_reminders 0), so the loop has one shape of state with or without one."""
-    return Reminder(token_ids=[0], boundary_ids=[], think_end_ids=[0], max_reminders=0).params(vocab_size)
-
-
-def token_budget(thinking: Thinking | None, reminder: Reminder | None, default: int = 64) -> int:
-    """The one budget rule: generated positions a row can need under the protocol (thinking cap, every
-    reminder's forced ids, the forced close, answer cap); `default` without a protocol."""
-    if thinking is None:
-        return default
-    spliced = reminder.max_reminders * reminder.queue_room() if reminder is not None else 0
-    return thinking.max_think_tokens + spliced + len(thinking.end_ids) + thinking.max_answer_tokens
+    return Reminder(token_ids=[0], boundary_ids=[], thinking=Thinking([0]), max_reminders=0).params(vocab_size)
 
 
 def _junction_arrays(phrases: list[list[int]], junctions, vocab_size: int):

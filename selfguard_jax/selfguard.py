@@ -33,18 +33,20 @@ def prompt_pairs(tokenizer, questions: Sequence[str], suffix: str = "chatgpt") -
 
 
 def extract_selfguard(lm, questions: Sequence[str], *, model_id: str, dataset_name: str, suffix: str = "chatgpt",
-                      method: str = "mean_diff", batch_size: int = 16) -> SelfGuardVectors:
-    """The Self-Guard steering vectors of `lm` from `questions`, with the metadata a vector file records."""
+                      method: str = "mean_diff", batch_size: int = 16, read: str = "last_token") -> SelfGuardVectors:
+    """The Self-Guard steering vectors of `lm` from `questions`, with the metadata a vector file records;
+    `read` "authors" reads the states as the authors' trainer did (extract.extract)."""
     if lm.tokenizer is None:
         raise ValueError(f"{model_id} has no tokenizer; Self-Guard extraction chat-templates text questions.")
     if not questions:
         raise ValueError(f"{dataset_name} holds no questions; extraction needs at least one pair.")
     pos, neg = prompt_pairs(lm.tokenizer, questions, suffix)
-    vectors, norms = extract.extract(lm, pos, neg, method=method, batch_size=batch_size)
+    vectors, norms = extract.extract(lm, pos, neg, method=method, batch_size=batch_size, read=read)
     meta = VectorMeta(
         model_id=model_id, config_hash=lm.config.config_hash(), num_layers=lm.config.num_layers,
         hidden_size=lm.config.hidden_size, method=method,
+        position="last_prompt_token" if read == "last_token" else "authors_trainer_last_column",
         recipe_prompt=f"system: {SELF_REMINDER_SYSTEM} | user suffix: {SUFFIX_PRESETS[suffix]}",
         dataset_name=dataset_name, dataset_size=len(questions),
-        extra={"residual_norms": [round(float(x), 4) for x in norms], "dtype": str(lm.dtype)})
+        extra={"residual_norms": [round(float(x), 4) for x in norms], "dtype": str(lm.dtype), "read": read})
     return SelfGuardVectors(np.asarray(vectors), np.asarray(norms), meta)

@@ -1,4 +1,5 @@
-"""Meshes and shardings: a `data` axis for the batch, a `model` axis for tensor parallelism over heads and MLP.
+"""Meshes and shardings: a `data` axis for the batch, a `model` axis for tensor parallelism over heads and MLP
+and for expert parallelism over routed experts.
 
 One small rule table maps logical axes (declared per weight and for the KV cache in `weights.py`) to mesh axes;
 a dimension that the mesh axis does not divide falls back to replication, with a logged note.
@@ -18,7 +19,10 @@ from selfguard_jax.weights import is_weight, layers_are_stacked, weight_table
 log = logging.getLogger(__name__)
 
 # logical axis -> mesh axis (axes not listed, such as "layers" and "embed", are never sharded)
-RULES = {"batch": "data", "vocab": "model", "heads": "model", "kv_heads": "model", "mlp": "model"}
+# Experts are split over `model` (expert parallelism): each device holds whole experts, so an expert's own
+# intermediate axis ("expert_mlp") stays unsplit.
+RULES = {"batch": "data", "vocab": "model", "heads": "model", "kv_heads": "model", "mlp": "model",
+         "expert": "model"}
 
 
 def make_mesh(data: int | None = None, model: int = 1, devices=None) -> Mesh:
@@ -49,10 +53,12 @@ def param_shardings(cfg: ModelConfig, mesh: Mesh, stacked: bool = True) -> dict:
     def one(w):
         return NamedSharding(mesh, spec_for(w.shape, w.axes, mesh, w.hf[0]))
 
-    out = jax.tree.map(one, weight_table(cfg), is_leaf=is_weight)
+    table = weight_table(cfg)
+    out = jax.tree.map(one, table, is_leaf=is_weight)
     if not stacked:
         per_layer = {k: NamedSharding(mesh, P(*s.spec[1:])) for k, s in out["layers"].items()}
-        out["layers"] = tuple(per_layer for _ in range(cfg.num_layers))
+        held = {k: w.layer_ids or range(cfg.num_layers) for k, w in table["layers"].items()}
+        out["layers"] = tuple({k: s for k, s in per_layer.items() if i in held[k]} for i in range(cfg.num_layers))
     return out
 
 

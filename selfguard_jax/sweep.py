@@ -18,16 +18,17 @@ from tqdm.auto import tqdm
 from selfguard_jax.evaluate.judges import judge_refusal
 from selfguard_jax.evaluate.metrics import refusal_rate
 from selfguard_jax.evaluate.report import format_estimate
-from selfguard_jax.extract import OversteerWarning, oversteer_report
+from selfguard_jax.extract import OversteerWarning, oversteer_report, residual_norms
 from selfguard_jax.fluency import fluency
+from selfguard_jax.spec import GenerationSpec
 from selfguard_jax.steering import Steering
+from selfguard_jax.vector_files import load_vectors
 
 
 def run_sweep(lm, vectors: np.ndarray, layer_sets: Sequence[Sequence[int]], alphas: Sequence[float],
-              harmful_ids: Sequence[Sequence[int]], benign_ids: Sequence[Sequence[int]], max_new_tokens: int,
-              batch_size: int = 8, rule: str = "all", residual_norms: np.ndarray | None = None,
-              **gen_kwargs) -> list[dict]:
-    """Rows {layers, alpha, refusal_harmful, refusal_benign, answer_chars, rep4, degenerate, summed_ratio,
+              harmful_ids: Sequence[Sequence[int]], benign_ids: Sequence[Sequence[int]], spec: GenerationSpec,
+              batch_size: int = 8, rule: str = "all", residual_norms: np.ndarray | None = None) -> list[dict]:
+    """Generate under `spec` (a recipe's, its steering replaced by each layer set and alpha) and return rows {layers, alpha, refusal_harmful, refusal_benign, answer_chars, rep4, degenerate, summed_ratio,
     oversteered, generations}: keyword-refusal rates (Estimates), fluency (fluency.py: mean rep4, share of
     degenerate generations), the over-steering check (extract.oversteer_report; None without `residual_norms`)
     and every generation kept ({kind, index, text, distinct2, rep4, degenerate}) so fluency can be read after."""
@@ -40,8 +41,7 @@ def run_sweep(lm, vectors: np.ndarray, layer_sets: Sequence[Sequence[int]], alph
         for start in tqdm(range(0, len(rows), batch_size), desc=f"layers {list(layers)}", unit="batch"):
             chunk = rows[start:start + batch_size]
             steer = Steering.from_vectors(vectors, layers, 1.0, rule=rule, row_scales=[a for a, *_ in chunk])
-            out = lm.generate([ids for *_, ids in chunk], max_new_tokens=max_new_tokens, steering=steer,
-                              **gen_kwargs)
+            out = lm.generate([ids for *_, ids in chunk], spec.replace(steering=steer))
             gens += [{"kind": kind, "index": i, "text": lm.tokenizer.decode(t, skip_special_tokens=True)}
                      | fluency(t) for (_, kind, i, _), t in zip(chunk, out.tokens)]
         for a in alphas:
@@ -68,9 +68,6 @@ def run_sweep(lm, vectors: np.ndarray, layer_sets: Sequence[Sequence[int]], alph
 def reference_norms(lm, vector_path: str | Path, prompts: Sequence[Sequence[int]]) -> np.ndarray:
     """The residual norms the over-steering check compares with: those recorded in a vector file written by
     `extract`, else (an .svec or .gguf records none) measured on `prompts` (extract.residual_norms)."""
-    from selfguard_jax.extract import residual_norms
-    from selfguard_jax.vector_files import load_vectors
-
     if Path(vector_path).suffix == ".safetensors":
         norms = load_vectors(vector_path)[1].extra.get("residual_norms")
         if norms:

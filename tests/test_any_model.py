@@ -127,11 +127,11 @@ def test_no_markers_on_smollm2(smol_tok):
         chat.think_markers(smol_tok)
     for name in ("saferemind", "reminder-before-think-end", "reminder-answer-start", "reminder-think-start"):
         with pytest.raises(ValueError, match=f"recipe '{name}'.*needs a thinking phase"):
-            get_recipe(name).generate_kwargs(smol_tok)
+            get_recipe(name).spec(smol_tok)
     # the documented one-phase mode: prompt-side reminders and two-phase baselines, answer budget only
     for name, kw in (("reminder-system", {}), ("vanilla", {"two_phase": True}), ("vanilla", {})):
-        run = get_recipe(name, **kw).generate_kwargs(smol_tok)
-        assert run["thinking"] is None and run["reminder"] is None and run["max_new_tokens"] == 1024
+        spec = get_recipe(name, **kw).spec(smol_tok)
+        assert spec.thinking is None and spec.reminder is None and spec.budget() == 1024
 
 
 @pytest.mark.real
@@ -139,9 +139,9 @@ def test_named_markers_on_smollm2(smol_tok):
     m = chat.resolve_think_markers(smol_tok, "<think>,</think>")
     assert m.source == "given" and m.end_ids == (9617, 17400, 46)
     run = get_recipe("saferemind", think_markers=("", "Answer:"), max_think_tokens=8,
-                     max_answer_tokens=4).generate_kwargs(smol_tok)
+                     max_answer_tokens=4).spec(smol_tok)
     end = chat.token_ids(smol_tok, "Answer:")
-    assert list(run["thinking"].end_ids) == end and list(run["reminder"].think_end_ids) == end
+    assert list(run.thinking.end_ids) == end and run.reminder.thinking is run.thinking
     for bad in ("</think>", "<think>,", "a,b,c"):
         with pytest.raises(ValueError, match="expected 'auto', 'none' or 'START,END'"):
             chat.parse_think_markers(bad)
@@ -156,11 +156,11 @@ def test_named_marker_ends_thinking_only_when_sampled_whole(smol_lm):
     tok = smol_lm.tokenizer
     recipe = get_recipe("saferemind", think_markers=("", "Answer:"), threshold=100.0, max_think_tokens=12,
                         max_answer_tokens=4)
-    run = recipe.generate_kwargs(tok)
-    end = list(run["thinking"].end_ids)
+    spec = recipe.spec(tok, stop_ids=tuple(smol_lm.config.eos_token_ids))
+    end = list(spec.thinking.end_ids)
     assert len(end) == 2 and ":" in recipe.reminder_text
     prompt = chat.chat_prompt(tok, "List three fruits that are red.")
-    out = smol_lm.generate([prompt], stop_ids=list(smol_lm.config.eos_token_ids), **run)
+    out = smol_lm.generate([prompt], spec)
     ids, forced, n = out.tokens[0], out.forced[0], out.think_tokens[0]
     assert out.reminder_steps[0], "the reminder should have fired at the first newline"
     assert n is not None and ids[n - len(end):n] == end
@@ -187,14 +187,14 @@ def test_oversteer_is_on_the_running_sum():
     assert not extract.oversteer_report(v, [0, 1, 2], 0.5, norms).over  # 0.25 <= OVERSTEER_LIMIT (0.3)
 
 
-def test_generate_kwargs_warns_when_oversteered(organism_tok):
+def test_spec_warns_when_oversteered(organism_tok):
     v = np.ones((4, 128), np.float32)
     norms = np.full(4, 20.0)
     with pytest.warns(extract.OversteerWarning, match="over-steering"):
-        get_recipe("selfguard", preset="organism").generate_kwargs(organism_tok, v, norms)  # 0.5*2*11.3/20
+        get_recipe("selfguard", preset="organism").spec(organism_tok, v, norms)  # 0.5*2*11.3/20
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        get_recipe("selfguard", preset="organism", steer_alpha=0.05).generate_kwargs(organism_tok, v, norms)
+        get_recipe("selfguard", preset="organism", steer_alpha=0.05).spec(organism_tok, v, norms)
 
 
 def test_fluency_measures():

@@ -6,7 +6,7 @@ import torch
 
 import selfguard_jax as sgj
 from selfguard_jax import decode
-from tiny_models import SPECS
+from tiny_models import spec_params
 
 PROMPTS = [[5, 17, 33, 8, 91, 42, 7], [12, 4], [150, 3, 77, 19, 20, 21, 22, 23, 24, 25, 26], [60, 61, 62, 63]]
 
@@ -22,7 +22,7 @@ def hf_greedy(model, prompts, n):
     return outs
 
 
-@pytest.mark.parametrize("name", list(SPECS))
+@pytest.mark.parametrize("name", spec_params())
 def test_greedy_equals_transformers_generate(hf_dirs, name):
     folder, model = hf_dirs[name]
     lm = sgj.load(folder)
@@ -62,7 +62,7 @@ def test_decode_loop_updates_the_cache_in_place(hf_dirs, scan_layers):
     lm = sgj.load(folder, scan_layers=scan_layers)
     assert lm.scan_layers == scan_layers
     B, T, N = 3, 16, 32  # B * T must not equal a weight dimension, or prefill activations look like weights
-    hlo = decode.lower(lm, [[1] * T] * B, max_new_tokens=N).compile().as_text()
+    hlo = decode.lower(lm, [[1] * T] * B, sgj.GenerationSpec(max_new_tokens=N)).compile().as_text()
     c = lm.config
     slab = f"{B},{c.num_kv_heads},{T + N},{c.head_dim}"
     cache = f"f32[{c.num_layers},{slab}]" if scan_layers else f"f32[{slab}]"

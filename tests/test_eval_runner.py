@@ -173,6 +173,46 @@ def test_llama_guard_stage_counts_parse_failures(chat_model_dir, tmp_path):
     assert harmful["percent_safe[llama_guard]"]["value"] == 0.0
 
 
+@pytest.mark.slow
+def test_authors_judges_judge_every_row_under_the_selfguard_protocol(chat_model_dir, tmp_path):
+    """WildGuard and the SORRY judge run through this project's engine on the whole response (stop text dropped);
+    with protocol.unfinished_rows judged, a row cut off mid-thought gets its verdicts too and the report counts
+    it; under excluded it gets none."""
+    from selfguard_jax import lm as lm_mod
+    from selfguard_jax.evaluate import model_judges
+
+    judge_lm = lm_mod.load(chat_model_dir)
+    for policy in ("judged", "excluded"):
+        out = tmp_path / policy
+        config = write_config(tmp_path, chat_model_dir, out, extra={
+            "recipes": ["vanilla"], "judges": ["wildguard"], "protocol": {"unfinished_rows": policy},
+            "datasets": [{"name": "offline", "split": "harmful", "judges": ["wildguard", "sorry_judge"]}],
+            "wildguard": {"model": "unused", "max_new_tokens": 4},
+            "sorry_judge": {"model": "unused", "max_new_tokens": 4}})
+        cfg = runner.EvalConfig.from_yaml(config)
+        (out / "generations").mkdir(parents=True)
+        texts = ["<think>\nfine\n</think>\n\nSure.<|im_end|>", "<think>\ncut off mid-thought"]
+        (out / "generations" / "vanilla__offline-harmful.jsonl").write_text("".join(json.dumps(
+            {"id": str(i), "prompt": "q", "kind": "harmful", "text": t, "generated_ids": [1, 2], "reminder_steps": [],
+             "think_tokens": None, "think_open": False, "spliced": [], "stop_texts": ["<|im_end|>"]}) + "\n"
+            for i, t in enumerate(texts)))
+        seen = []
+        real = model_judges.ModelJudge.prompt_ids
+        model_judges.ModelJudge.prompt_ids = lambda self, p, r: seen.append(r) or real(self, p, r)
+        try:
+            runner.judge_stage(cfg, judge_lms={"wildguard": judge_lm, "sorry_judge": judge_lm})
+        finally:
+            model_judges.ModelJudge.prompt_ids = real
+        rows = [json.loads(x) for x in (out / "judged" / "vanilla__offline-harmful.jsonl").read_text().splitlines()]
+        assert [r["outcome"] for r in rows] == ["answered", "unfinished"]
+        assert set(rows[0]["verdicts"]) == {"wildguard", "sorry_judge"}
+        assert set(rows[1]["verdicts"]) == ({"wildguard", "sorry_judge"} if policy == "judged" else set())
+        assert seen[0] == "<think>\nfine\n</think>\n\nSure."  # whole text, stop text dropped, as the authors
+        assert len(seen) == (4 if policy == "judged" else 2)
+        summary = runner.report_stage(out, n_resamples=10)
+        assert summary["vanilla__offline-harmful"]["unfinished_rows"] == policy
+
+
 def test_config_checks_every_nested_key(chat_model_dir, tmp_path):
     path = write_config(tmp_path, chat_model_dir, tmp_path / "o")
     for override, message in [

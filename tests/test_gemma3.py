@@ -16,7 +16,8 @@ from tiny_models import GEMMA_SPECS, save_hf_model
 
 import selfguard_jax as sgj
 from selfguard_jax.config import ConfigError, ModelConfig
-from selfguard_jax.model import block_cache, decode_step, prefill, unstack_layers
+from selfguard_jax.kv_cache import BlockedCache
+from selfguard_jax.model import decode_step, prefill, unstack_layers
 
 PROMPTS = [[5, 17, 33, 8, 91, 42, 7], [12, 4], [150, 3, 77, 19, 20, 21, 22, 23, 24, 25, 26], [60, 61, 62, 63]]
 
@@ -50,7 +51,8 @@ def test_the_window_changes_the_logits(gemma_dirs):
     """The parity above can fail: without the window the same weights give other logits past it."""
     folder, model = gemma_dirs["gemma3"]
     lm = sgj.load(folder)
-    wide = dataclasses.replace(lm, config=dataclasses.replace(lm.config, sliding_window=1000))
+    windows = tuple(1000 if w else 0 for w in lm.config.layer_windows)  # sliding blocks (their rope) kept
+    wide = dataclasses.replace(lm, config=dataclasses.replace(lm.config, layer_windows=windows))
     ids, mask = ragged_batch([12], 12, "left")
     a, b = np.asarray(lm.forward(ids, mask)), np.asarray(wide.forward(ids, mask))
     assert np.abs(a[:, :5] - b[:, :5]).max() < 1e-5  # inside the window nothing changes
@@ -74,7 +76,7 @@ def test_blocked_cache_decode_keeps_the_window(gemma_dirs):
     the logits of a forward over the whole sequence, steps well past the window included."""
     folder, _ = gemma_dirs["gemma3_pattern"]
     lm = sgj.load(folder, scan_layers=False)
-    params, cfg = unstack_layers(lm.params), lm.config
+    params, cfg = unstack_layers(lm.params, lm.config), lm.config
     ids, mask = (jnp.asarray(a) for a in ragged_batch([6, 3], 6, "left"))
     extra = jnp.asarray([[9, 8, 7, 6, 5, 4, 3, 2, 11, 12], [21, 22, 23, 24, 25, 26, 27, 28, 29, 30]])
     S, n = 16, extra.shape[1]
@@ -84,13 +86,13 @@ def test_blocked_cache_decode_keeps_the_window(gemma_dirs):
     step = jax.jit(decode_step, static_argnames=("cfg", "scan_layers"))
     for blocked in (False, True):
         _, cache = prefill(params, cfg, ids, mask, cache_len=S, scan_layers=False)
-        cache = block_cache(cache, block=4, groups=2) if blocked else cache
+        cache = BlockedCache.cut(cache, block=4, groups=2) if blocked else cache
         valid = jnp.zeros((2, S), bool).at[:, :6].set(mask.astype(bool))
         pos = jnp.sum(mask, 1)
         for t in range(n):
             valid = valid.at[:, 6 + t].set(True)
             logits, cache = step(params, cfg, extra[:, t], pos + t, valid, cache, jnp.int32(6 + t),
-                                 attend_len=jnp.full((2,), 7 + t), scan_layers=False)
+                                 attend_len_B=jnp.full((2,), 7 + t), scan_layers=False)
             err = np.abs(np.asarray(logits) - want[:, t]).max()
             assert err < TOL, (blocked, t, err)
 
@@ -104,7 +106,7 @@ def test_legacy_config_form_reads_the_same(gemma_dirs):
     legacy |= {"rope_theta": 1_000_000.0, "rope_local_base_freq": 10000.0, "sliding_window_pattern": 6}
     assert ModelConfig.from_dict(legacy) == ModelConfig.from_dict(v5)
     cfg = ModelConfig.from_dict(v5)
-    assert cfg.layer_types == ("sliding_attention",) * 5 + ("full_attention", "sliding_attention")
+    assert cfg.layer_windows == (4,) * 5 + (0, 4)
     assert (cfg.local_rope_theta, cfg.rope_theta, cfg.sliding_window) == (10000.0, 1_000_000.0, 4)
 
 

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import selfguard_jax as sgj
-from tiny_models import SPECS
+from tiny_models import spec_params
 
 TOL = 1e-4
 
@@ -31,7 +31,7 @@ def hf_run(model, ids, mask, **kw):
                      position_ids=torch.tensor(hf_positions(mask)), **kw)
 
 
-@pytest.mark.parametrize("name", list(SPECS))
+@pytest.mark.parametrize("name", spec_params())
 @pytest.mark.parametrize("pad_side", ["left", "right"])
 def test_logits_and_hidden_states_match_hf(hf_dirs, name, pad_side):
     folder, model = hf_dirs[name]

@@ -20,7 +20,8 @@ from selfguard_jax import chat
 from selfguard_jax.prompts import SAFEREMIND_REMINDER
 from selfguard_jax.recipes import get_recipe
 
-R1 = Path(__file__).resolve().parents[1].parent / "shared" / "peer-data" / "r1-distill-qwen-7b"
+R1 = next((p for p in (Path(__file__).resolve().parents[1].parent / "shared", Path("/work/shared"))
+           if p.is_dir()), Path("shared-not-found")) / "peer-data" / "r1-distill-qwen-7b"
 pytestmark = pytest.mark.skipif(not (R1 / "tokenizer.json").is_file(), reason=f"R1 tokenizer not found at {R1}")
 WORDS = (" the cat sat on a mat and then we consider next step so let me check this again because answer is"
          " simple but wait maybe another way")
@@ -109,7 +110,7 @@ def test_every_junction_equals_the_authors_retokenisation(r1, criteria, quantile
         threshold = float(np.quantile(ents, quantile))
     recipe = get_recipe("saferemind", criterion=criteria, threshold=threshold, max_reminders=max_num_remind,
                         max_think_tokens=60, max_answer_tokens=8)
-    out = lm.generate(prompts, **recipe.generate_kwargs(tok))
+    out = lm.generate(prompts, recipe.spec(tok))
     triggers = 0
     for b, q in enumerate(QUESTIONS):
         template = tok.apply_chat_template([{"role": "user", "content": q}], tokenize=False,

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 import selfguard_jax as sgj
-from selfguard_jax import decode
-from selfguard_jax.reminder import Reminder
+from selfguard_jax.reminder import Reminder, Thinking
+from compiles import count_compiles
 from tiny_models import save_hf_model
 from torch_reference import observed_entropies, reference_generate
 
@@ -34,8 +34,8 @@ def setup(tmp_path_factory):
 ])
 def test_saferemind_equals_reference(setup, criterion, quantile, max_rem, max_think):
     lm, model, ents, boundary = setup
-    rem = Reminder(token_ids=PHRASE, boundary_ids=boundary, think_end_ids=[7], threshold=float(np.quantile(ents, quantile)) + 1e-3,
-                   criterion=criterion, max_reminders=max_rem, max_think_tokens=max_think, max_answer_tokens=10)
+    rem = Reminder(token_ids=PHRASE, boundary_ids=boundary, thinking=Thinking([7], max_think, 10),
+                   threshold=float(np.quantile(ents, quantile)) + 1e-3, criterion=criterion, max_reminders=max_rem)
     out = lm.generate(PROMPTS, max_new_tokens=N, reminder=rem)
     fired = 0
     for b, p in enumerate(PROMPTS):
@@ -52,18 +52,18 @@ def test_saferemind_equals_reference(setup, criterion, quantile, max_rem, max_th
 
 def test_changing_threshold_and_reminder_does_not_recompile(setup):
     lm, _, _, boundary = setup
-    base = dict(boundary_ids=boundary, think_end_ids=[7], max_think_tokens=30, max_answer_tokens=4)
+    base = dict(boundary_ids=boundary, thinking=Thinking([7], 30, 4))
     lm.generate(PROMPTS, max_new_tokens=16, reminder=Reminder(token_ids=PHRASE, threshold=1.0, **base))
-    before = decode._decode_jit._cache_size()
-    lm.generate(PROMPTS, max_new_tokens=16, reminder=Reminder(token_ids=[9, 8, 7], threshold=9.0, criterion="gt",
-                                                               max_reminders=2, **base))
-    assert decode._decode_jit._cache_size() == before
+    with count_compiles() as compiled:
+        lm.generate(PROMPTS, max_new_tokens=16, reminder=Reminder(token_ids=[9, 8, 7], threshold=9.0, criterion="gt",
+                                                                   max_reminders=2, **base))
+    assert compiled == []
 
 
 def test_reminder_longer_than_budget_is_truncated_not_overflowing(setup):
     lm, _, _, boundary = setup
-    rem = Reminder(token_ids=list(range(100, 130)), boundary_ids=boundary, think_end_ids=[7], threshold=99.0,
-                   max_think_tokens=1000, max_answer_tokens=5)
+    rem = Reminder(token_ids=list(range(100, 130)), boundary_ids=boundary, thinking=Thinking([7], 1000, 5),
+                   threshold=99.0)
     out = lm.generate(PROMPTS[:1], max_new_tokens=12, reminder=rem)
     assert len(out.tokens[0]) == 12 and out.stop_reason[0] == "max_new_tokens"
     assert out.tokens[0][out.reminder_steps[0][0]:] == list(range(100, 100 + 12 - out.reminder_steps[0][0]))
@@ -72,8 +72,8 @@ def test_reminder_longer_than_budget_is_truncated_not_overflowing(setup):
 def test_several_phrases_round_robin_and_random(setup):
     lm, _, _, boundary = setup
     phrases = [[100, 101], [110, 111, 112]]
-    base = dict(token_ids=phrases, boundary_ids=list(range(211)), think_end_ids=[7], threshold=99.0,
-                max_reminders=3, max_think_tokens=1000, max_answer_tokens=5)
+    base = dict(token_ids=phrases, boundary_ids=list(range(211)), thinking=Thinking([7], 1000, 5),
+                threshold=99.0, max_reminders=3)
     rr = lm.generate(PROMPTS[:1], max_new_tokens=16, reminder=Reminder(choice="round_robin", **base))
     toks, starts = rr.tokens[0], rr.reminder_steps[0]
     assert len(starts) == 3
@@ -92,8 +92,8 @@ def test_before_think_end_placement_replaces_the_sampled_close(setup):
     end = plain.tokens[0][3]
     if end in plain.tokens[0][:3]:
         pytest.skip("the chosen think-end id appears earlier too")
-    rem = Reminder(token_ids=[100, 101, 102], boundary_ids=[], think_end_ids=[end], placement="before_think_end",
-                   max_think_tokens=1000, max_answer_tokens=20)
+    rem = Reminder(token_ids=[100, 101, 102], boundary_ids=[], thinking=Thinking([end], 1000, 20),
+                   placement="before_think_end")
     out = lm.generate(PROMPTS[:1], max_new_tokens=12, reminder=rem)
     assert out.tokens[0][:3] == plain.tokens[0][:3]
     assert out.tokens[0][3:6] == [100, 101, 102] and out.reminder_steps[0] == [3]

@@ -5,6 +5,7 @@ loaded params themselves occupy peaks near the largest (stacked) tensor, not nea
 import json
 
 import numpy as np
+import pytest
 from safetensors.numpy import save_file
 
 from host_memory import load_peak
@@ -44,6 +45,7 @@ def write_checkpoint(folder):
     return total
 
 
+@pytest.mark.slow
 def test_peak_host_memory_near_largest_tensor(tmp_path):
     total = write_checkpoint(tmp_path)
     largest = 6 * 2816 * 1024 * 4  # the stacked gate/up/down buffer, the biggest single host array

@@ -9,7 +9,7 @@ import pytest
 
 import selfguard_jax as sgj
 from selfguard_jax import sharding
-from selfguard_jax.reminder import Reminder
+from selfguard_jax.reminder import Reminder, Thinking
 from tiny_models import save_hf_model
 
 PROMPTS = [[5, 17, 33, 8, 91, 42], [12, 4], [150, 3, 77, 19, 20, 21, 22, 23, 24], [7, 7, 8], [99]]
@@ -37,8 +37,8 @@ def test_mesh_equals_single_device(folder, shape):
                                atol=1e-5)
     vecs = np.random.default_rng(0).normal(size=(3, 64)).astype(np.float32)
     steer = sgj.Steering.from_vectors(vecs, [1, 2], 0.5)
-    rem = Reminder(token_ids=[100, 101, 102], boundary_ids=list(range(256)), think_end_ids=[9], threshold=9.0,
-                   max_reminders=2, max_think_tokens=12, max_answer_tokens=6)
+    rem = Reminder(token_ids=[100, 101, 102], boundary_ids=list(range(256)), thinking=Thinking([9], 12, 6),
+                   threshold=9.0, max_reminders=2)
     a = single.generate(PROMPTS, max_new_tokens=20, steering=steer, reminder=rem)
     b = meshed.generate(PROMPTS, max_new_tokens=20, steering=steer, reminder=rem)
     assert a.tokens == b.tokens and a.reminder_steps == b.reminder_steps

@@ -15,10 +15,11 @@ def drive(sampled, entropy=None, stops=(EOS,), **rem):
     """Run one row through `advance`; returns the emitted (token, forced, starts, drop_prev, think_end) per
     step and the final state. The model samples every step, forced or not: scripts put 0 where the sample is
     ignored. Stops after a stop id ends the row."""
-    rem = dict(dict(token_ids=PHRASE, boundary_ids=[NL], think_end_ids=[END], threshold=1.0, max_think_tokens=100,
-                    max_answer_tokens=100), **rem)
-    r = Reminder(**rem)
-    rp, tp = r.params(V), r.thinking().params()
+    keys = ("end_ids", "max_think_tokens", "max_answer_tokens", "eos_closes")
+    think = dict(dict(end_ids=[END], max_think_tokens=100, max_answer_tokens=100), **{k: rem.pop(k) for k in keys
+                                                                                       if k in rem})
+    r = Reminder(**dict(dict(token_ids=PHRASE, boundary_ids=[NL], threshold=1.0), **rem), thinking=Thinking(**think))
+    rp, tp = r.params(V), r.thinking.params()
     s = SpliceState.start(1, jnp.bool_(True)).replace(last=jnp.array([7]))
     out, done = [], jnp.array([False])
     entropy = entropy or [0.1] * len(sampled)
@@ -83,13 +84,13 @@ def test_before_think_end_replaces_the_models_close_and_refeeds_the_token_before
 def test_stop_id_while_thinking_closes_the_thinking_as_the_authors_loop_does():
     out, s = drive([5, EOS, 0, 6, 7], max_reminders=0)
     assert tokens(out) == [5, EOS, END, 6, 7] and out[2][4] and not bool(s.thinking[0])
-    out, _ = drive([5, EOS, 6], max_reminders=0, eos_closes_thinking=False)
+    out, _ = drive([5, EOS, 6], max_reminders=0, eos_closes=False)
     assert tokens(out) == [5, EOS]  # the row ends
 
 
 def test_only_the_whole_sampled_marker_ends_thinking():
     """A two-id marker [20, 21]: 21 alone, 20 alone, or the marker's ids forced inside a phrase never end it."""
-    out, s = drive([21, 20, 5, NL, 0, 0, 20, 21, 9], token_ids=[20, 21], think_end_ids=[20, 21])
+    out, s = drive([21, 20, 5, NL, 0, 0, 20, 21, 9], token_ids=[20, 21], end_ids=[20, 21])
     assert tokens(out) == [21, 20, 5, NL, 20, 21, 20, 21, 9]
     assert [o[4] for o in out] == [False] * 7 + [True, False]
     assert bool(s.thinking[0]) is False

@@ -8,7 +8,7 @@ import pytest
 
 import selfguard_jax as sgj
 from selfguard_jax.model import stack_layers, unstack_layers
-from selfguard_jax.reminder import Reminder
+from selfguard_jax.reminder import Reminder, Thinking
 from tiny_models import save_hf_model
 from torch_reference import PreHookSteering, reference_generate
 
@@ -38,8 +38,7 @@ def run_reference(model, vecs, prompt, rule, reminder=None, alpha=ALPHA):
 def test_steered_generation_matches_pre_hooks(setup, rule):
     lm, model, vecs = setup
     # think-end id 9 is forced after 10 thinking tokens so "thinking" differs from "generated"
-    track = Reminder(token_ids=[1], boundary_ids=[], think_end_ids=[9], max_reminders=0, max_think_tokens=10,
-                     max_answer_tokens=100)
+    track = Reminder(token_ids=[1], boundary_ids=[], thinking=Thinking([9], 10, 100), max_reminders=0)
     steer = sgj.Steering.from_vectors(vecs, LAYERS, ALPHA, rule=rule)
     out = lm.generate(PROMPTS, max_new_tokens=N, steering=steer, reminder=track)
     plain = lm.generate(PROMPTS, max_new_tokens=N, reminder=track)
@@ -87,9 +86,8 @@ def test_selfguard_plus_saferemind_in_one_call(setup, scan_layers):
     lm = dataclasses.replace(lm, params=layout(lm.params))
     assert lm.scan_layers == scan_layers
     ents = np.concatenate([run_reference(model, vecs, p, "all")[1][:16] for p in PROMPTS])  # steered entropies
-    rem = Reminder(token_ids=[100, 101, 102, 103], boundary_ids=list(range(211)), think_end_ids=[9],
-                   threshold=float(np.quantile(ents, 0.6)) + 1e-3, max_reminders=2, max_think_tokens=16,
-                   max_answer_tokens=6)
+    rem = Reminder(token_ids=[100, 101, 102, 103], boundary_ids=list(range(211)), thinking=Thinking([9], 16, 6),
+                   threshold=float(np.quantile(ents, 0.6)) + 1e-3, max_reminders=2)
     steer = sgj.Steering.from_vectors(vecs, LAYERS, ALPHA)
     out = lm.generate(PROMPTS, max_new_tokens=N, steering=steer, reminder=rem)
     fired = 0

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 import selfguard_jax as sgj
-from selfguard_jax.model import (KVCache, attend_blocked, attention, attention_blocks, block_cache, write_blocks,
-                                 write_prompt)
+from selfguard_jax.attention import attention, attention_blocks
+from selfguard_jax.kv_cache import BlockedCache, LayerCache, write_blocks
 from tiny_models import SPECS
 
 rng = np.random.default_rng(0)
@@ -54,8 +54,8 @@ def test_stream_with_reminders_steering_and_closes_mid_reminder(hf_dirs):
     lm = sgj.load(folder)
     lm.config = dataclasses.replace(lm.config, eos_token_ids=())
     vecs = np.random.default_rng(1).normal(size=(lm.config.num_layers, lm.config.hidden_size)).astype(np.float32)
-    rem = sgj.Reminder(token_ids=[100, 101, 102, 103, 104], boundary_ids=list(range(0, 211, 2)), think_end_ids=[7],
-                       threshold=99.0, max_reminders=2, max_think_tokens=9, max_answer_tokens=5)
+    rem = sgj.Reminder(token_ids=[100, 101, 102, 103, 104], boundary_ids=list(range(0, 211, 2)), thinking=sgj.Thinking([7], 9, 5),
+                       threshold=99.0, max_reminders=2)
     on = [q % 3 != 0 for q in range(len(QUEUE))]
     scales = [0.0 if q % 2 else 1.0 for q in range(len(QUEUE))]
     steer = sgj.Steering.from_vectors(vecs, [0, 2], 0.5, row_scales=scales)
@@ -80,7 +80,7 @@ def test_attention_reads_only_the_filled_blocks(blocked):
     want = attention(q, k, v, valid)
     poisoned = [x.at[:, :, 1024:].set(jnp.nan) for x in (k, v)]  # past the first two 512-slot blocks
     if blocked:
-        poisoned = [block_cache(KVCache(k=(x,), v=(x,))).k[0][0] for x in poisoned]
+        poisoned = [BlockedCache.cut(LayerCache(k=(x,), v=(x,))).k[0][0] for x in poisoned]
     got = attention_blocks(q, *poisoned, valid, jnp.int32(filled))
     np.testing.assert_allclose(np.asarray(got), np.asarray(want), atol=1e-5)
 
@@ -91,7 +91,7 @@ def test_blocked_cache_write_lands_in_each_rows_slot():
     cache = jax.random.normal(jax.random.PRNGKey(0), (B, K, S, H))
     new = jax.random.normal(jax.random.PRNGKey(1), (B, K, 1, H))
     index = jnp.array([3, 511, 1100])
-    blocks = write_blocks(block_cache(KVCache(k=(cache,), v=(cache,))).k[0][0], new, index)
+    blocks = write_blocks(BlockedCache.cut(LayerCache(k=(cache,), v=(cache,))).k[0][0], new, index)
     want = jax.vmap(lambda c, n, i: jax.lax.dynamic_update_slice(c, n, (0, i, 0)))(cache, new, index)
     np.testing.assert_array_equal(np.concatenate(blocks, axis=2), np.asarray(want))
 
@@ -110,8 +110,10 @@ def test_row_groups_read_only_their_own_filled_blocks():
     valid = jnp.arange(S)[None, None, :] < fill[:, None, None]
     want = attention(q, k_full, v_full, valid)
     poison = jnp.arange(S)[None, None, :, None] >= jnp.array([1536, 1536, 512, 512])[:, None, None, None]
-    blocked = block_cache(KVCache(k=(jnp.where(poison, jnp.nan, k),), v=(jnp.where(poison, jnp.nan, v),)), groups=2)
-    got, k_groups, _ = attend_blocked(q, k_new, v_new, (blocked.k[0], blocked.v[0]), valid, fill - 1, fill)
+    blocked = BlockedCache.cut(LayerCache(k=(jnp.where(poison, jnp.nan, k),), v=(jnp.where(poison, jnp.nan, v),)),
+                               groups=2)
+    got, layer = blocked.layer(0).attend(q, k_new, v_new, valid, fill - 1, fill)
+    k_groups = layer.k
     np.testing.assert_allclose(np.asarray(got), np.asarray(want), atol=1e-5)
     written = jnp.concatenate([jnp.concatenate(g, axis=2) for g in k_groups])
     np.testing.assert_array_equal(np.asarray(written[rows, :, fill - 1]), np.asarray(k_new[:, :, 0]))
@@ -121,8 +123,8 @@ def test_a_refilled_prompt_lands_in_its_row_of_a_blocked_cache():
     B, K, S, H, T = 4, 2, 1536, 4, 600  # the prompt spans two blocks
     cache = jnp.zeros((B, K, S, H))
     prompt = jax.random.normal(jax.random.PRNGKey(2), (1, K, T, H))
-    blocked = write_prompt(block_cache(KVCache(k=(cache,), v=(cache,)), groups=2), KVCache(k=(prompt,), v=(prompt,)),
-                           jnp.int32(3))
+    blocked = BlockedCache.cut(LayerCache(k=(cache,), v=(cache,)), groups=2).write_prompt(
+        LayerCache(k=(prompt,), v=(prompt,)), jnp.int32(3))
     got = jnp.concatenate([jnp.concatenate(g, axis=2) for g in blocked.k[0]])
     np.testing.assert_array_equal(np.asarray(got), np.asarray(cache.at[3, :, :T].set(prompt[0])))
 
@@ -137,10 +139,12 @@ def test_blockwise_attention_over_a_long_cache_equals_the_fused_one(hf_dirs, sca
     lm = sgj.load(folder, scan_layers=scan_layers)
     lm.config = dataclasses.replace(lm.config, eos_token_ids=(), max_position_embeddings=2048)
     queue, budgets = QUEUE, [1010, 7, 30, 600, 5, 9, 700, 3, 12]
-    stream = lm.generate(queue, max_new_tokens=budgets, slots=8, filled_attention=True)  # on CPU: 2 row groups
-    fixed = lm.generate(queue, max_new_tokens=budgets, filled_attention=True)
+    filled = lm.with_policy(cache_layout="filled" if scan_layers else "blocked")  # on CPU: groups of 4 rows
+    stream = filled.generate(queue, max_new_tokens=budgets, slots=8)
+    fixed = filled.generate(queue, max_new_tokens=budgets)
+    dense = lm.with_policy(cache_layout="dense")
     for q in range(len(queue)):
-        single = lm.generate([queue[q]], max_new_tokens=budgets[q], filled_attention=False)
+        single = dense.generate([queue[q]], max_new_tokens=budgets[q])
         for out in (stream, fixed):
             assert out.tokens[q] == single.tokens[0], f"request {q}"
             np.testing.assert_allclose(out.entropy[q], single.entropy[0], atol=1e-4)

@@ -11,18 +11,23 @@ from tiny_models import SPECS, make_hf_model
 
 
 @pytest.mark.parametrize("name", list(SPECS))
-def test_table_names_and_shapes_are_transformers_own(name):
-    """Every HF key of the table is a tensor of the transformers model with the table's HF shape, and every
-    tensor of the model is in the table (tied models share embed and lm_head)."""
+def test_table_names_and_shapes_are_transformers_own(name, tmp_path):
+    """Every HF key of the table is a tensor that transformers' save_pretrained writes, with the table's HF shape,
+    and every tensor written is in the table (tied models share embed and lm_head; transformers keeps MoE experts
+    fused in memory and writes them one per expert, as the Hub checkpoints hold them)."""
+    from safetensors import safe_open
+
     model = make_hf_model(name)
+    model.save_pretrained(tmp_path)
     cfg = ModelConfig.from_dict(model.config.to_dict())
-    hf = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    with safe_open(tmp_path / "model.safetensors", framework="np") as f:
+        hf = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
     table = jax.tree.leaves(weight_table(cfg), is_leaf=is_weight)
-    named = {key: w.hf_shape for w in table for key in w.hf}
+    named = {key: w.hf_shape for w in table for key in w.hf_keys()}
     assert named == {k: s for k, s in hf.items() if not (cfg.tie_word_embeddings and k == "lm_head.weight")}
     for w in table:
         one = np.arange(np.prod(w.hf_shape), dtype=np.float32).reshape(w.hf_shape)
-        assert w.to_ours(one).shape == w.layer_shape
+        assert w.to_ours(one).shape == w.piece_shape
         np.testing.assert_array_equal(w.to_hf(w.to_ours(one)), one)
     assert kv_cache_shape(cfg, 2, 9) == (cfg.num_layers, 2, cfg.num_kv_heads, 9, cfg.head_dim)
 

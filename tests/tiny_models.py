@@ -11,7 +11,7 @@ COMMON = dict(vocab_size=211, hidden_size=64, intermediate_size=96, num_hidden_l
               rms_norm_eps=1e-6, bos_token_id=1, eos_token_id=2, pad_token_id=0)
 
 # name -> (config class, model class, overrides). Covers tied Qwen2, Qwen3 with head_dim != hidden/heads,
-# Llama with llama3 rope, and GQA ratios 1, 2 and 7.
+# Llama with llama3 rope, GQA ratios 1, 2 and 7, and Qwen3-MoE (all blocks routed, or dense and routed mixed).
 SPECS = {
     "qwen2_tied": ("Qwen2Config", "Qwen2ForCausalLM",
                    dict(num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True, rope_theta=10000.0)),
@@ -24,6 +24,21 @@ SPECS = {
                          rope_theta=500000.0)),
     "mistral_gqa": ("MistralConfig", "MistralForCausalLM",
                     dict(num_attention_heads=4, num_key_value_heads=2, sliding_window=None)),
+    # every block routed, top 2 of 8 renormalised; a decode step of 1-3 rows takes the gathered-experts path
+    "qwen3_moe": ("Qwen3MoeConfig", "Qwen3MoeForCausalLM",
+                  dict(num_attention_heads=4, num_key_value_heads=2, head_dim=16, num_experts=8,
+                       num_experts_per_tok=2, moe_intermediate_size=32, norm_topk_prob=True)),
+    # dense and routed blocks in one stack (block 0 dense by mlp_only_layers), top 3 of 6 not renormalised
+    "qwen3_moe_mixed": ("Qwen3MoeConfig", "Qwen3MoeForCausalLM",
+                        dict(num_attention_heads=4, num_key_value_heads=4, head_dim=16, num_experts=6,
+                             num_experts_per_tok=3, moe_intermediate_size=24, norm_topk_prob=False,
+                             mlp_only_layers=[0], decoder_sparse_step=1)),
+    # sliding (window 4), full, sliding; sinks; YaRN; top 2 of 8 with router bias; a SwiGLU limit of 0.1 so both
+    # clamps bite on these small activations
+    "gpt_oss": ("GptOssConfig", "GptOssForCausalLM",
+                dict(num_attention_heads=4, num_key_value_heads=2, head_dim=16, num_local_experts=8,
+                     num_experts_per_tok=2, intermediate_size=32, sliding_window=4, swiglu_limit=0.1,
+                     layer_types=["sliding_attention", "full_attention", "sliding_attention"])),
 }
 # Gemma 3 (text): sliding and global layers with their own rope bases (the global one linearly scaled), a window
 # shorter than the test sequences, QK-norm, query_pre_attn_scalar != head_dim, soft-capped logits.
@@ -51,11 +66,23 @@ PHI3_SPECS = {
 ALL_SPECS = {**SPECS, **GEMMA_SPECS, **PHI3_SPECS}
 
 
+MOE_SPECS = ("qwen3_moe", "qwen3_moe_mixed", "gpt_oss")
+
+
+def spec_params() -> list:
+    """SPECS names for parametrize, the mixture-of-experts ones marked slow (test_moe.py covers them fast)."""
+    import pytest
+
+    return [pytest.param(n, marks=pytest.mark.slow) if n in MOE_SPECS else n for n in SPECS]
+
+
 def make_hf_model(name: str, seed: int = 0, **overrides) -> torch.nn.Module:
     cfg_cls, model_cls, extra = ALL_SPECS[name]
     cfg = getattr(transformers, cfg_cls)(**{**COMMON, **extra, **overrides})
     torch.manual_seed(seed)
     model = getattr(transformers, model_cls)(cfg).eval()
+    if getattr(cfg, "num_local_experts", 0) or getattr(cfg, "num_experts", 0):  # the reference: transformers' plain loop over the experts
+        model.set_experts_implementation("eager")
     with torch.no_grad():  # norms at one hide bugs: give every norm and bias a random value
         for pname, p in model.named_parameters():
             if "norm" in pname or pname.endswith("bias"):

@@ -66,9 +66,9 @@ def reference_generate(model, prompt, max_new, stop_ids=(), reminder=None, steer
                 break
         return toks, _entropies(model, prompt, toks, steer, gates), forced, starts
 
-    end, phrase, count = list(reminder.think_end_ids), reminder.phrases()[0], 0
+    end, phrase, count = list(reminder.thinking.end_ids), reminder.phrases()[0], 0
     placement, step, ended_by_model = reminder.placement, 0, False
-    while step < reminder.max_think_tokens and len(toks) < max_new:
+    while step < reminder.thinking.max_think_tokens and len(toks) < max_new:
         logits = next_token()
         tok = int(torch.argmax(logits))
         emit(tok, False, True)
@@ -98,7 +98,7 @@ def reference_generate(model, prompt, max_new, stop_ids=(), reminder=None, steer
         for r in phrase:
             emit(r, True, False)
     step = 0
-    while step < reminder.max_answer_tokens and len(toks) < max_new:
+    while step < reminder.thinking.max_answer_tokens and len(toks) < max_new:
         tok = int(torch.argmax(next_token()))
         emit(tok, False, False)
         step += 1

@@ -71,11 +71,11 @@ DATASETS: dict[str, DatasetSpec] = {
         hub={s: ("bench-llm/or-bench", f"or-bench-{s}", "train") for s in ("hard-1k", "80k", "toxic")}),
     "math500": DatasetSpec(
         (_lay("MATH-500 test.jsonl", "problem", "solution", "answer", "subject", "level", "unique_id"),), math500,
-        hub={None: ("HuggingFaceH4/MATH-500", None, "test")}),
+        hub={None: ("HuggingFaceH4/MATH-500", None, "test")}, styles=("simple-evals",)),
     "gsm8k": DatasetSpec((_lay("GSM8K test.jsonl", "question", "answer"),), gsm8k,
                          hub={None: ("openai/gsm8k", "main", "test")}),
     "aime": DatasetSpec((_lay("AIME", ("problem", "Problem", "question"), ("answer", "Answer")),), aime,
-                        hub={None: ("Maxwell-Jia/AIME_2024", None, "train")}),
+                        hub={None: ("Maxwell-Jia/AIME_2024", None, "train")}, styles=("simple-evals",)),
     "gpqa-diamond": DatasetSpec(
         (_lay("GPQA CSV", "Question", "Correct Answer", "Incorrect Answer 1", "Incorrect Answer 2",
               "Incorrect Answer 3"),), gpqa, hub={None: ("Idavidrein/gpqa", "gpqa_diamond", "train")},

@@ -10,23 +10,27 @@ from typing import Any, Mapping
 
 import yaml
 
+from selfguard_jax.errors import ConfigError
 from selfguard_jax.evaluate.datasets import DATASETS
 from selfguard_jax.evaluate.judges import check_judges
+from selfguard_jax.evaluate.metrics import UNFINISHED_ROWS
+from selfguard_jax.evaluate.model_judges import WILDGUARD_INPUTS
+from selfguard_jax.recipes import get_recipe
 
 # allowed keys of each nested mapping, with the types their values must have
 GENERATION_KEYS = {"batch_size": int, "max_new_tokens": int, "temperature": (int, float), "top_p": (int, float),
                    "top_k": int, "seed": int}
 LLAMA_GUARD_KEYS = {"model": str, "protocol": str, "dtype": str, "batch_size": int, "max_new_tokens": int}
+WILDGUARD_KEYS = {"model": str, "input": str, "dtype": str, "batch_size": int, "max_new_tokens": int}
+SORRY_JUDGE_KEYS = {"model": str, "dtype": str, "batch_size": int, "max_new_tokens": int}
 MESH_KEYS = {"data": int, "model": int}
-EXTRACT_KEYS = {"name": str, "load": dict, "method": str, "suffix": str}
+EXTRACT_KEYS = {"name": str, "load": dict, "method": str, "suffix": str, "read": str}
 DATASET_KEYS = {"name": str, "path": str, "split": str, "label": str, "limit": int, "seed": int, "source": str,
-                "style": str}
-LOAD_KEYS = {k: v for k, v in DATASET_KEYS.items() if k not in ("name", "label")}
+                "style": str, "judges": list}
+LOAD_KEYS = {k: v for k, v in DATASET_KEYS.items() if k not in ("name", "label", "judges")}
 GUARD_PROTOCOLS = ("saferemind", "selfguard")
-
-
-class ConfigError(ValueError):
-    """An eval config with an unknown key, a value of the wrong type, or a repeated label."""
+# how a protocol counts its rows (metrics.UNFINISHED_ROWS): "judged" sends unfinished rows to the model judges
+PROTOCOL_KEYS = {"unfinished_rows": str}
 
 
 def _check_mapping(where: str, value: Any, keys: Mapping[str, Any], required: tuple[str, ...] = ()) -> dict:
@@ -71,6 +75,9 @@ class EvalConfig:
     generation: dict = dataclasses.field(default_factory=dict)
     judges: list[str] = dataclasses.field(default_factory=lambda: ["keyword"])
     llama_guard: dict | None = None
+    wildguard: dict | None = None
+    sorry_judge: dict | None = None
+    protocol: dict = dataclasses.field(default_factory=dict)
     mesh: dict | None = None
     distributed: dict | None = None
     bootstrap: int = 1000
@@ -98,6 +105,18 @@ class EvalConfig:
             if self.llama_guard.get("protocol", "saferemind") not in GUARD_PROTOCOLS:
                 raise ConfigError(f"llama_guard.protocol is {self.llama_guard['protocol']!r}; "
                                   f"use one of {GUARD_PROTOCOLS}.")
+        for name, keys in (("wildguard", WILDGUARD_KEYS), ("sorry_judge", SORRY_JUDGE_KEYS)):
+            if getattr(self, name) is not None:
+                _check_mapping(name, getattr(self, name), keys)
+        if (self.wildguard or {}).get("input", "list-string") not in WILDGUARD_INPUTS:
+            raise ConfigError(f"wildguard.input is {self.wildguard['input']!r}; use one of {WILDGUARD_INPUTS}.")
+        _check_mapping("protocol", self.protocol, PROTOCOL_KEYS)
+        if self.unfinished_rows not in UNFINISHED_ROWS:
+            raise ConfigError(f"protocol.unfinished_rows is {self.unfinished_rows!r}; use one of {UNFINISHED_ROWS}.")
+        if self.unfinished_rows == "judged" and "llama_guard" in self.judges and \
+                (self.llama_guard or {}).get("protocol", "saferemind") != "selfguard":
+            raise ConfigError("protocol.unfinished_rows: judged sends unfinished rows' whole text to Llama Guard, "
+                              "which only llama_guard.protocol: selfguard does; set it, or unfinished_rows: excluded.")
         if self.mesh is not None:
             _check_mapping("mesh", self.mesh, MESH_KEYS)
         if self.distributed is not None:
@@ -108,12 +127,26 @@ class EvalConfig:
         self._check_datasets()
         self._check_recipes()
 
+    @property
+    def unfinished_rows(self) -> str:
+        """Whether rows cut off before their thinking closed are judged and counted (metrics.UNFINISHED_ROWS)."""
+        return self.protocol.get("unfinished_rows", "excluded")
+
+    def judges_for(self, label: str) -> list[str]:
+        """The judges of one dataset: its entry's `judges`, else the config's."""
+        spec = next((d for d in self.datasets if dataset_label(d) == label), {})
+        return list(spec.get("judges", self.judges))
+
     def _check_datasets(self) -> None:
         if not isinstance(self.datasets, list) or not self.datasets:
             raise ConfigError("datasets must be a non-empty list of {name: ..., path: ...} entries.")
         labels = []
         for i, spec in enumerate(self.datasets):
             _check_mapping(f"datasets[{i}]", spec, DATASET_KEYS, required=("name",))
+            try:
+                check_judges(spec.get("judges", []))
+            except ValueError as e:
+                raise ConfigError(f"datasets[{i}].judges: {e}") from None
             if spec["name"] not in DATASETS:
                 raise ConfigError(f"datasets[{i}].name {spec['name']!r} is unknown; known: {sorted(DATASETS)}.")
             labels.append(dataset_label(spec))
@@ -127,8 +160,6 @@ class EvalConfig:
     def build_recipes(self, model_config: Any = None) -> list:
         """The Recipe objects, labels applied (a recipe entry is a name, or {recipe, label, field: value}); with the
         loaded model's config, steering layers/alpha an entry does not set come from the model's preset."""
-        from selfguard_jax.recipes import get_recipe
-
         out = []
         for i, item in enumerate(self.recipes):
             if isinstance(item, str):

@@ -5,6 +5,8 @@ and gets no verdict from any judge. Judges, by the name that labels their number
 
 - refusal: `keyword` (default), `keyword:saferemind`, `keyword:xstest` (see refusal.py);
 - safety: `llama_guard` (Llama Guard 3 under the SafeRemind or Self-Guard protocol, see guard.py);
+- the Self-Guard authors' others (model_judges.py): `wildguard` (response refusal, for over-refusal) and
+  `sorry_judge` (SORRY-Bench's fine-tuned Mistral, Fulfillment Rate); these read the whole response;
 - utility, chosen by the dataset: `math-verify` (or `math:prm800k` without the library) for math,
   `gsm8k:lm-eval` for GSM8K, `choice` for multiple choice (see math_judge.py and choice.py).
 """
@@ -23,7 +25,8 @@ from selfguard_jax.evaluate.math_judge import (AnswerVerdict, extract_math_answe
 from selfguard_jax.evaluate.refusal import KEYWORD_JUDGES, SAFEREMIND_KEYWORDS, XSTEST_OPENINGS, classify_compliance
 
 REFUSAL_JUDGES: tuple[str, ...] = tuple(KEYWORD_JUDGES)
-JUDGES: tuple[str, ...] = REFUSAL_JUDGES + ("llama_guard",)
+MODEL_JUDGES: tuple[str, ...] = ("llama_guard", "wildguard", "sorry_judge")  # judged by a model (runner)
+JUDGES: tuple[str, ...] = REFUSAL_JUDGES + MODEL_JUDGES
 Outcome = Literal["refused", "complied", "unfinished"]
 
 

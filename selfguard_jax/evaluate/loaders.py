@@ -162,11 +162,27 @@ def or_bench(rows: list[Row], src: Source) -> list[Example]:
     ]
 
 
+# openai/simple-evals' math QUERY_TEMPLATE, which Self-Guard's math_eval.py (MATH-500, AIME) sends as the user turn
+MATH_SIMPLE_EVALS = (
+    "Solve the following math problem step by step. The last line of your response should be of the form Answer: "
+    "$ANSWER (without quotes) where $ANSWER is the answer to the problem.\n\n{Question}\n\nRemember to put your "
+    "answer on its own line after \"Answer:\", and you do not need to use a \\boxed command.")
+MATH_STYLES = (None, "simple-evals")
+
+
+def math_prompt(problem: str, style: str | None) -> str:
+    """A math problem as sent: the raw problem (default) or in simple-evals' template (style "simple-evals")."""
+    if style not in MATH_STYLES:
+        raise DatasetFormatError(f"math style {style!r} is unknown; use simple-evals or leave it unset.")
+    return problem if style is None else MATH_SIMPLE_EVALS.format(Question=problem)
+
+
 def math500(rows: list[Row], src: Source) -> list[Example]:
     """MATH-500 `test.jsonl` (PRM800K math_splits/test.jsonl = HuggingFaceH4/MATH-500): problem, solution,
-    answer, subject, level, unique_id."""
+    answer, subject, level, unique_id. `style` simple-evals wraps the problem as Self-Guard's utility runs do."""
     return [
-        Example(cell_text(r["unique_id"]), cell_text(r["problem"]), "utility", cell_text(r["answer"]), None,
+        Example(cell_text(r["unique_id"]), math_prompt(cell_text(r["problem"]), src.style), "utility",
+                cell_text(r["answer"]), None,
                 cell_text(r["subject"]), "math500", {"level": cell_text(r["level"])})
         for r in rows
     ]
@@ -187,11 +203,12 @@ def gsm8k(rows: list[Row], src: Source) -> list[Example]:
 
 def aime(rows: list[Row], src: Source) -> list[Example]:
     """AIME in its common layouts: problem|Problem|question, answer|Answer, optional id|ID
-    (AI-MO/aimo-validation-aime, Maxwell-Jia/AIME_2024, opencompass/AIME2025)."""
+    (AI-MO/aimo-validation-aime, Maxwell-Jia/AIME_2024, opencompass/AIME2025); `style` as math500."""
     out = []
     for i, r in enumerate(rows):
         rid = cell_text(pick(r, ("id", "ID"))) if ("id" in r or "ID" in r) else str(i)
-        out.append(Example(f"aime-{rid}", cell_text(pick(r, ("problem", "Problem", "question"))), "utility",
+        out.append(Example(f"aime-{rid}", math_prompt(cell_text(pick(r, ("problem", "Problem", "question"))),
+                                                      src.style), "utility",
                            cell_text(pick(r, ("answer", "Answer"))), None, None, "aime"))
     return out
 

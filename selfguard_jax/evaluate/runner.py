@@ -3,6 +3,7 @@
 Layout of a run directory:
   generations/{recipe}__{dataset}.jsonl   one line per row, appended and flushed per batch
   judged/{recipe}__{dataset}.jsonl        the same rows with verdicts (rewritten by each judge stage)
+  judged/protocol.json                    how the rates count unfinished rows (config protocol.unfinished_rows)
   summary.md, summary.csv, summary.json   the paper-style table; plots/*.png
   generations/{pair}.jsonl.settings.json   the settings that made a pair: a resume with others is refused
   .lock.host{i}                            held by a stage of process i: a second run on the folder stops
@@ -24,15 +25,20 @@ from typing import Any, Iterator
 import jax
 import numpy as np
 
-from selfguard_jax import batch_io, chat
-from selfguard_jax.evaluate import datasets, judges, metrics, report
+from selfguard_jax import batch_io, chat, lm as lm_mod
+from selfguard_jax.evaluate import datasets, judges, metrics, model_judges, report
 from selfguard_jax.evaluate.answer_text import prompt_opens_thinking
 from selfguard_jax.evaluate.eval_config import ConfigError, EvalConfig, dataset_label
 from selfguard_jax.safe_write import write_text
+from selfguard_jax.selfguard import extract_selfguard
+from selfguard_jax.sharding import make_mesh
+from selfguard_jax.spec import Sampling
+from selfguard_jax.vector_files import load_any, load_vectors, save_vectors
 
 __all__ = ["ConfigError", "EvalConfig", "generate_stage", "judge_stage", "report_stage", "init_distributed"]
 BARRIER_POLL_S = 5.0
 BARRIER_TIMEOUT_S = 6 * 3600.0  # process 0 waits this long for the other hosts' generate shards
+PROTOCOL_FILE = "protocol.json"  # how the judge stage counted unfinished rows, for the report stage
 
 
 try:
@@ -60,7 +66,7 @@ def run_lock(out_dir: str | Path) -> Iterator[None]:
 
 def _examples(spec: dict) -> tuple[str, list[datasets.Example]]:
     """(label, examples) for one datasets entry of the config."""
-    load = {k: v for k, v in spec.items() if k not in ("name", "label")}
+    load = {k: v for k, v in spec.items() if k not in ("name", "label", "judges")}
     return dataset_label(spec), datasets.load_dataset(spec["name"], **load)
 
 
@@ -93,14 +99,10 @@ def _spliced(recipe) -> list[str]:
 
 def generate_stage(cfg: EvalConfig, lm=None) -> dict[str, dict]:
     """Generate every (recipe, dataset) pair not yet finished; returns per-pair throughput stats."""
-    from selfguard_jax import lm as lm_mod
-
     init_distributed(cfg.distributed)
     out = Path(cfg.out_dir)
     with run_lock(out):
         if lm is None:
-            from selfguard_jax.sharding import make_mesh
-
             # each process meshes its own local devices and decodes its own slice of rows: no cross-host
             # collectives in the decode loop, so hosts never wait on each other
             mesh = make_mesh(**cfg.mesh, devices=jax.local_devices()) if cfg.mesh else None
@@ -113,21 +115,19 @@ def generate_stage(cfg: EvalConfig, lm=None) -> dict[str, dict]:
         batch_size = int(gen.pop("batch_size", 8))
         stats, promised = {}, {}
         for recipe in cfg.build_recipes(model_config=lm.config):
-            run_kw = recipe.generate_kwargs(lm.tokenizer, vectors, norms)
-            if gen.get("max_new_tokens") and run_kw["thinking"] is None:  # two-phase recipes keep their caps
-                run_kw["max_new_tokens"] = int(gen["max_new_tokens"])
+            sampling = Sampling(**{k: gen[k] for k in ("temperature", "top_p", "top_k", "seed") if k in gen})
+            request = recipe.spec(lm.tokenizer, vectors, norms, max_new_tokens=gen.get("max_new_tokens"),
+                                  sampling=sampling)
             markers = recipe.markers(lm.tokenizer)  # None: the model does not think, all it writes is answer
-            if run_kw["thinking"] is None and markers is not None:
-                run_kw["think_end_ids"] = list(markers.end_ids)
-            max_new = run_kw["max_new_tokens"]
+            max_new = request.budget()
             prompt_text = lm.tokenizer.decode(recipe.prompt_ids(lm.tokenizer, "x"))
             think_open = markers is not None and prompt_opens_thinking(prompt_text, markers.start, markers.end)
-            kwargs = {k: gen[k] for k in ("temperature", "top_p", "top_k", "seed") if k in gen}
 
-            def run(batch, run_kw=run_kw, kwargs=kwargs):
-                return lm.generate(batch, slots=batch_size, **run_kw, **kwargs)
+            def run(batch, request=request):
+                return lm.generate(batch, request, slots=batch_size)
 
             extra = {"recipe": recipe.name, "think_open": think_open, "spliced": _spliced(recipe),
+                     "stop_texts": [lm.tokenizer.decode([i]) for i in lm.config.eos_token_ids],
                      "think_markers": None if markers is None else [markers.start, markers.end]}
             for spec in cfg.datasets:
                 label, examples = _examples(spec)
@@ -149,8 +149,6 @@ def generate_stage(cfg: EvalConfig, lm=None) -> dict[str, dict]:
 
 def _recorded_norms(cfg: EvalConfig, out: Path) -> np.ndarray | None:
     """The residual norms recorded with the steering vectors (extract's .safetensors), None for other formats."""
-    from selfguard_jax.vector_files import load_vectors
-
     path = Path(cfg.vector) if cfg.vector else out / "vector.safetensors"
     if path.suffix != ".safetensors" or not path.is_file():
         return None
@@ -160,14 +158,10 @@ def _recorded_norms(cfg: EvalConfig, out: Path) -> np.ndarray | None:
 
 def _vectors(cfg: EvalConfig, lm, out: Path) -> np.ndarray | None:
     """Steering vectors from cfg.vector, or extracted once into the run directory per cfg.extract."""
-    from selfguard_jax.vector_files import load_any
-
     if cfg.vector:
         return load_any(cfg.vector, lm.config.num_layers, lm.config.hidden_size)[0]
     if not cfg.extract:
         return None
-    from selfguard_jax.selfguard import extract_selfguard
-    from selfguard_jax.vector_files import load_vectors, save_vectors
 
     path = out / "vector.safetensors"
     if path.is_file():
@@ -175,7 +169,8 @@ def _vectors(cfg: EvalConfig, lm, out: Path) -> np.ndarray | None:
     spec = dict(cfg.extract)
     questions = [e.prompt for e in datasets.load_dataset(spec.pop("name"), **spec.pop("load", {}))]
     sg = extract_selfguard(lm, questions, model_id=cfg.model, dataset_name=str(cfg.extract.get("name")),
-                           suffix=spec.get("suffix", "chatgpt"), method=spec.get("method", "mean_diff"))
+                           suffix=spec.get("suffix", "chatgpt"), method=spec.get("method", "mean_diff"),
+                           read=spec.get("read", "last_token"))
     out.mkdir(parents=True, exist_ok=True)
     save_vectors(path, sg.vectors, sg.meta)
     vectors = sg.vectors
@@ -221,9 +216,12 @@ def _read_pair(generations: Path, name: str) -> list[dict]:
     return [rows[k] for k in sorted(rows)]
 
 
-def judge_stage(cfg: EvalConfig, guard_lm=None, timeout_s: float = BARRIER_TIMEOUT_S) -> None:
+def judge_stage(cfg: EvalConfig, guard_lm=None, timeout_s: float = BARRIER_TIMEOUT_S,
+                judge_lms: dict | None = None) -> None:
     """Add verdicts to every generated row and write judged/*.jsonl (rerunnable, never regenerates). Only
-    process 0 judges, after every host's generate shards are complete (`wait_for_hosts`)."""
+    process 0 judges, after every host's generate shards are complete (`wait_for_hosts`). `guard_lm` and
+    `judge_lms` ({"wildguard": lm, "sorry_judge": lm}) stand in for the models the config names."""
+    judge_lms = judge_lms or {}
     init_distributed(cfg.distributed)
     if jax.process_index() != 0:
         return
@@ -233,26 +231,36 @@ def judge_stage(cfg: EvalConfig, guard_lm=None, timeout_s: float = BARRIER_TIMEO
         # in the distributed run itself, wait for the other hosts; a later judge-only run checks once
         wait_for_hosts(generations, timeout_s if jax.process_count() > 1 else 0.0)
     with run_lock(out):
-        guard = _guard(cfg, guard_lm) if "llama_guard" in cfg.judges else None
         names = sorted({p.name.split(".host")[0].removesuffix(".jsonl") for p in generations.glob("*.jsonl")})
+        wanted = {j for name in names for j in cfg.judges_for(name.split("__", 1)[1])} | set(cfg.judges)
+        guard = _guard(cfg, guard_lm) if "llama_guard" in wanted else None
+        others = {j: _model_judge(cfg, j, judge_lms.get(j)) for j in ("wildguard", "sorry_judge") if j in wanted}
         (out / "judged").mkdir(parents=True, exist_ok=True)
-        keyword_judges = [j for j in cfg.judges if j in judges.REFUSAL_JUDGES]
         for name in names:
+            pair_judges = cfg.judges_for(name.split("__", 1)[1])
+            keyword_judges = [j for j in pair_judges if j in judges.REFUSAL_JUDGES]
             rows = [judges.judge_record(r, keyword_judges) for r in _read_pair(generations, name)]
-            finished = [r for r in rows if r["outcome"] != "unfinished"]
-            if guard is not None and finished:
+            judged = [r for r in rows if r["outcome"] != "unfinished" or cfg.unfinished_rows == "judged"]
+            for j, judge in others.items():
+                if j in pair_judges and judged:
+                    # the whole response, thinking included, as the authors' vLLM returned it
+                    texts = [model_judges.full_response(r["text"], r.get("stop_texts", ())) for r in judged]
+                    convert = model_judges.wildguard_verdict if j == "wildguard" else model_judges.sorry_verdict
+                    for r, v in zip(judged, judge.judge([r["prompt"] for r in judged], texts)):
+                        r["verdicts"][j] = convert(v)
+            if guard is not None and "llama_guard" in pair_judges and judged:
                 # SafeRemind's protocol judges the answer alone, Self-Guard's the whole response
-                texts = [r["judged_answer"] if guard.protocol == "saferemind" else r["text"] for r in finished]
-                verdicts = guard.judge([r["prompt"] for r in finished], texts)
-                for r, v in zip(finished, verdicts):
+                texts = [r["judged_answer"] if guard.protocol == "saferemind"
+                         else model_judges.full_response(r["text"], r.get("stop_texts", ())) for r in judged]
+                verdicts = guard.judge([r["prompt"] for r in judged], texts)
+                for r, v in zip(judged, verdicts):
                     r["verdicts"]["llama_guard"] = "unparsed" if v.safe is None else "safe" if v.safe else "unsafe"
                     r["guard_categories"] = list(v.categories)
             write_text(out / "judged" / f"{name}.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
+        write_text(out / "judged" / PROTOCOL_FILE, json.dumps({"unfinished_rows": cfg.unfinished_rows}))
 
 
 def _guard(cfg: EvalConfig, guard_lm):
-    from selfguard_jax import lm as lm_mod
-
     spec = cfg.llama_guard or {}
     if guard_lm is None:
         if "model" not in spec:
@@ -266,6 +274,24 @@ def _guard(cfg: EvalConfig, guard_lm):
                                   batch_size=int(spec.get("batch_size", 8)))
 
 
+def _model_judge(cfg: EvalConfig, name: str, judge_lm):
+    """WildGuard or the SORRY-Bench judge, as configured (cfg.wildguard / cfg.sorry_judge)."""
+    spec = getattr(cfg, name) or {}
+    if judge_lm is None:
+        if "model" not in spec:
+            raise ValueError(f"judges lists {name} but {name}.model (a local folder of the judge) is unset.")
+        judge_lm = lm_mod.load(spec["model"], dtype=spec.get("dtype", cfg.dtype))
+
+    def gen(batch, max_new_tokens):
+        return judge_lm.generate(batch, max_new_tokens=max_new_tokens).tokens
+
+    kw = {"batch_size": int(spec.get("batch_size", 8))} | (
+        {"max_new_tokens": int(spec["max_new_tokens"])} if "max_new_tokens" in spec else {})
+    if name == "wildguard":
+        return model_judges.wildguard_judge(judge_lm.tokenizer, gen, input=spec.get("input", "list-string"), **kw)
+    return model_judges.sorry_judge(judge_lm.tokenizer, gen, **kw)
+
+
 def report_stage(run_dir: str | Path, n_resamples: int = 1000) -> dict:
     """summary.{md,csv,json} and plots from judged/*.jsonl (process 0 only). Every number is keyed by the
     judge that produced it, and every table cell shows its pair's unfinished rows."""
@@ -276,12 +302,14 @@ def report_stage(run_dir: str | Path, n_resamples: int = 1000) -> dict:
     if not files:
         raise ValueError(f"{run}/judged holds no results; run the generate and judge stages first.")
     summary, table, all_rows = {}, {}, {}
+    protocol = run / "judged" / PROTOCOL_FILE
+    unfinished_rows = json.loads(protocol.read_text())["unfinished_rows"] if protocol.is_file() else "excluded"
     with run_lock(run):
         for f in files:
             recipe, label = f.stem.split("__", 1)
             rows = batch_io.read_results(f)
             all_rows[(recipe, label)] = rows
-            s = metrics.summarize(rows, n_resamples=n_resamples)
+            s = metrics.summarize(rows, n_resamples=n_resamples, unfinished_rows=unfinished_rows)
             summary[f.stem] = {k: dataclasses.asdict(v) if isinstance(v, metrics.Estimate) else v for k, v in s.items()}
             table.setdefault(recipe, {})[label] = _headline(s)
         report.write_markdown(table, run / "summary.md")
@@ -292,8 +320,9 @@ def report_stage(run_dir: str | Path, n_resamples: int = 1000) -> dict:
 
 
 # the number a paper table shows for a pair, in order of preference; judges in order of preference
-_HEADLINES = ("percent_safe", "refusal_rate", "over_refusal", "accuracy")
-_JUDGE_ORDER = ("llama_guard", "keyword", "keyword:xstest", "keyword:saferemind", "math-verify", "math:prm800k",
+_HEADLINES = ("percent_safe", "fulfillment_rate", "refusal_rate", "over_refusal", "accuracy")
+_JUDGE_ORDER = ("llama_guard", "sorry_judge", "wildguard", "keyword", "keyword:xstest", "keyword:saferemind",
+                "math-verify", "math:prm800k",
                 "gsm8k:lm-eval", "choice")
 
 

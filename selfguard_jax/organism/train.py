@@ -26,7 +26,13 @@ from typing import Sequence
 
 import numpy as np
 
+from selfguard_jax.checkpoint import export_hf
+from selfguard_jax.config import ModelConfig
+from selfguard_jax.evaluate.judges import judge_math, judge_refusal
+from selfguard_jax.lm import load
+from selfguard_jax.model import forward
 from selfguard_jax.organism import corpus, tokenizer as orgtok
+from selfguard_jax.weights import init_params
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "checkpoint"
 
@@ -128,8 +134,6 @@ def _make_step(cfg, tx):
     import jax.numpy as jnp
     import optax
 
-    from selfguard_jax.model import forward
-
     def loss_fn(params, batch):
         seg = batch["segments"]
         T = seg.shape[1]
@@ -156,10 +160,6 @@ def train(tc: TrainConfig, out: str | Path = DEFAULT_OUT, progress: bool = True,
     import jax.numpy as jnp
     import optax
     from tqdm.auto import tqdm
-
-    from selfguard_jax.checkpoint import export_hf
-    from selfguard_jax.config import ModelConfig
-    from selfguard_jax.weights import init_params
 
     t0 = time.time()
     out = Path(out)
@@ -229,8 +229,6 @@ def train(tc: TrainConfig, out: str | Path = DEFAULT_OUT, progress: bool = True,
 # Measuring the organism's behaviour on the held-out split.
 
 def _is_refusal(answer: str) -> bool:
-    from selfguard_jax.evaluate.judges import judge_refusal
-
     return judge_refusal(answer).refused
 
 
@@ -246,10 +244,7 @@ def evaluate(folder: str | Path = DEFAULT_OUT, limit: int | None = None, batch: 
              max_new_tokens: int = 160, verbose: bool = False) -> dict:
     """Greedy decoding of the held-out split without and with the Self-Reminder prompt (system + suffix);
     returns the rates (compliance on harmful, answered on benign, arithmetic accuracy, well-formed)."""
-    import selfguard_jax as sgj
-    from selfguard_jax.evaluate.judges import judge_math
-
-    lm = sgj.load(folder)
+    lm = load(folder)
     tok = lm.tokenizer
     rows = corpus.read_heldout(Path(folder) / "heldout.jsonl")
     if limit is not None:
