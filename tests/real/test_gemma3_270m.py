@@ -2,6 +2,8 @@
 logits, greedy ids (8 prompts alone and in one ragged batch, and a prompt past the 512-token window), bfloat16
 top-1 agreement, extraction and steered generation against PyTorch pre-hooks."""
 
+import copy
+
 import jax
 import numpy as np
 import pytest
@@ -26,7 +28,7 @@ def test_config_and_tokenizer_from_the_file(gemma_lm, gemma_hf, gemma_long_ids):
     cfg, ref = gemma_lm.config, gemma_hf[0].config
     assert (cfg.num_layers, cfg.hidden_size, cfg.num_kv_heads, cfg.vocab_size, cfg.sliding_window) == \
         (18, 640, 1, 262144, WINDOW)
-    assert list(cfg.layer_types) == list(ref.layer_types)
+    assert ["sliding_attention" if w else "full_attention" for w in cfg.layer_windows] == list(ref.layer_types)
     assert cfg.local_rope_theta == ref.rope_parameters["sliding_attention"]["rope_theta"]
     assert cfg.rope_theta == ref.rope_parameters["full_attention"]["rope_theta"]
     assert cfg.query_pre_attn_scalar == ref.query_pre_attn_scalar
@@ -69,10 +71,17 @@ def test_float32_logits_match_transformers(gemma_lm, gemma_hf, gemma_prompt_ids,
     ids, mask = left_padded([long])
     last = jax.jit(prefill, static_argnames=("cfg", "cache_len", "scan_layers"))(
         gemma_lm.params, gemma_lm.config, ids, mask, cache_len=len(long), scan_layers=gemma_lm.scan_layers)[0]
-    worst_long = float(np.abs(np.asarray(last)[0] - torch_logits(model, long, keep=1)[-1]).max())
-    print(f"float32 logits vs transformers: short prompts max |diff| {worst:.2e}, "
-          f"long prompt ({len(long)} tokens) last position {worst_long:.2e}")
-    assert max(worst, worst_long) < 5e-4
+    ref32 = torch_logits(model, long, keep=1)[-1]
+    worst_long = float(np.abs(np.asarray(last)[0] - ref32).max())
+    exact = torch_logits(copy.deepcopy(model).double(), long, keep=1)[-1]  # the same weights in float64
+    ours_err, theirs_err = float(np.abs(np.asarray(last)[0] - exact).max()), float(np.abs(ref32 - exact).max())
+    print(f"float32 logits vs transformers: short prompts max |diff| {worst:.2e}, long prompt ({len(long)} tokens) "
+          f"last position {worst_long:.2e}; vs float64: ours {ours_err:.2e}, transformers float32 {theirs_err:.2e}")
+    # Bit-identical weights leave float32 rounding in another summation order: 7.5e-5 measured over 8 prompts of
+    # logits up to ~40. Over 645 positions it compounds to a few 1e-4 on both sides, so the long prompt is held
+    # to float64 instead: our error may not exceed twice transformers' own float32 error.
+    assert worst < 5e-4 and worst_long < 2e-3
+    assert ours_err <= 2 * theirs_err + 1e-5
 
 
 def test_greedy_ids_equal_transformers_generate(gemma_lm, gemma_hf, gemma_prompt_ids, gemma_long_ids):
