@@ -15,6 +15,7 @@ from selfguard_jax import chat, selfguard
 from selfguard_jax.evaluate.answer_text import parse_response, prompt_opens_thinking
 from selfguard_jax.prompts import SAFEREMIND_REMINDER
 from selfguard_jax.recipes import get_recipe
+from selfguard_jax.reminder import Thinking
 from tiny_harmony_tokenizer import build_harmony_tokenizer
 from tiny_models import save_hf_model
 
@@ -100,3 +101,20 @@ def test_selfguard_extraction_on_harmony_prompts_equals_transformers(setup, suff
     assert sg.vectors.shape == (lm.config.num_layers, lm.config.hidden_size)
     np.testing.assert_allclose(sg.vectors, ref, atol=1e-4)
     assert np.abs(ref).max() > 1e-2, "the developer message must change the last token's residual stream"
+
+
+def test_a_cap_inside_a_several_id_end_marker_completes_it(setup):
+    """When the thinking cap hits on a token that begins the end marker (gpt-oss sampling `<|end|>` as its budget
+    runs out), the forced close splices the rest of the marker, not the whole marker after the part sampled."""
+    lm, _, tok = setup
+    prompt = [get_recipe("vanilla").prompt_ids(tok, QUESTIONS[0]) + chat.token_ids(tok, chat.HARMONY_THINK_START)]
+    free = lm.generate(prompt, max_new_tokens=MAX_THINK + 4).tokens[0]
+    x = free[MAX_THINK - 1]  # the token sampled as the cap is reached
+    rest = chat.token_ids(tok, chat.HARMONY_THINK_END)[1:]
+    end = [x] + [i for i in rest if i not in free[:MAX_THINK + 1]][:2]  # ids the model does not sample next
+    assert len(end) == 3
+    out = lm.generate(prompt, thinking=Thinking(end, max_think_tokens=MAX_THINK, max_answer_tokens=3))
+    gen, forced = out.tokens[0], out.forced[0]
+    assert gen[:MAX_THINK] == free[:MAX_THINK] and not any(forced[:MAX_THINK])
+    assert gen[MAX_THINK - 1:MAX_THINK + 2] == end and forced[MAX_THINK:MAX_THINK + 2] == [True, True]
+    assert out.think_tokens[0] == MAX_THINK + 2 and len(gen) == MAX_THINK + 2 + 3
