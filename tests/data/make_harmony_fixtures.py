@@ -3,6 +3,9 @@ with the renderer's own parse of each completion, so the harmony tests check aga
 
 Run from the repository root in an environment with openai-harmony and the o200k_base vocabulary (the renderer reads
 it from TIKTOKEN_ENCODINGS_BASE):  TIKTOKEN_ENCODINGS_BASE=DIR python tests/data/make_harmony_fixtures.py
+Without network access to OpenAI's file, o200k_base.tiktoken can be rebuilt from the ranks the npm package
+js-tiktoken ships (dist/ranks/o200k_base.js: each line is "_ OFFSET TOKEN..." with ranks OFFSET, OFFSET+1, ...);
+openai-harmony checks the file's sha256 (446a9538...1a2d) before using it.
 """
 
 from __future__ import annotations
