@@ -19,7 +19,7 @@ from typing import Any, Callable, Sequence
 
 from tqdm.auto import tqdm
 
-from selfguard_jax.evaluate.answer_text import THINK_END, THINK_START
+from selfguard_jax.evaluate.answer_text import THINK_END, THINK_START, split_at
 from selfguard_jax.safe_write import write_text
 
 try:
@@ -243,7 +243,7 @@ def _record(rec: dict, ids: list[int], out: Any, b: int, decode_text, extra) -> 
         # does not think: all of it is answer); the conventional one when the caller names none
         end = fields.get("think_markers", (THINK_START, THINK_END))
         end = end[1] if end else None
-        thinking, closed, answer = text.rpartition(end) if end else ("", "", text)
+        thinking, closed, answer = split_at(text, end) if end else ("", False, text)
         if not closed:
             thinking, answer = (text if end else ""), text
         row |= {"text": text, "thinking": thinking, "answer": answer}

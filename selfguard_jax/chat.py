@@ -37,6 +37,12 @@ def token_ids(tokenizer: Any, text: str) -> list[int]:
 KNOWN_THINK_MARKERS = (("<think>", "</think>"), ("<|begin_of_thought|>", "<|end_of_thought|>"),
                        ("<thinking>", "</thinking>"), ("<|START_THINKING|>", "<|END_THINKING|>"),
                        ("<seed:think>", "</seed:think>"))
+# The harmony format (gpt-oss, openai-harmony): the generation prompt ends at `<|start|>assistant`; the model thinks
+# in an `analysis` message and answers in a `final` one, so its thinking starts after the analysis channel's header
+# and ends where it closes that message and opens the final channel (the answer starts right after).
+HARMONY_TOKENS = ("<|start|>", "<|channel|>", "<|message|>", "<|end|>", "<|return|>")
+HARMONY_THINK_START = "<|channel|>analysis<|message|>"
+HARMONY_THINK_END = "<|end|><|start|>assistant<|channel|>final<|message|>"
 NO_THINKING = "none"
 MarkerSpec = Union[None, str, Tuple[str, str]]
 
@@ -44,7 +50,9 @@ MarkerSpec = Union[None, str, Tuple[str, str]]
 @dataclasses.dataclass(frozen=True)
 class ThinkMarkers:
     """The texts and ids that open and close a model's thinking. `source`: "tokenizer" when detected (each marker
-    is one added token of the vocabulary), "given" when named by the user (it may span several tokens)."""
+    is one added token of the vocabulary), "harmony" when the tokenizer speaks harmony (the markers are channel
+    headers of several ids: HARMONY_THINK_START, HARMONY_THINK_END), "given" when named by the user (it may span
+    several tokens)."""
 
     start: str
     end: str
@@ -72,10 +80,28 @@ def _single_added_id(tokenizer: Any, text: str) -> int | None:
     return tid if tid is not None and token_ids(tokenizer, text) == [tid] else None
 
 
+def is_harmony(tokenizer: Any) -> bool:
+    """Whether the tokenizer speaks harmony: each of HARMONY_TOKENS is one added token (gpt-oss's o200k_harmony)."""
+    return all(_single_added_id(tokenizer, t) is not None for t in HARMONY_TOKENS)
+
+
+def harmony_markers(tokenizer: Any) -> ThinkMarkers:
+    """Harmony's thinking markers as ids of this tokenizer (the channel names are ordinary text between specials)."""
+    return ThinkMarkers(HARMONY_THINK_START, HARMONY_THINK_END, tuple(token_ids(tokenizer, HARMONY_THINK_START)),
+                        tuple(token_ids(tokenizer, HARMONY_THINK_END)), "harmony")
+
+
 def detect_think_markers(tokenizer: Any, candidates: Sequence[tuple[str, str]] = ()) -> ThinkMarkers | None:
-    """The first pair of `candidates` then KNOWN_THINK_MARKERS whose two texts are each one added token; None when
-    the tokenizer has none (e.g. SmolLM2, where `</think>` is the ordinary pieces `</`, `think`, `>`)."""
-    for start, end in list(candidates) + list(KNOWN_THINK_MARKERS):
+    """The first pair of `candidates` whose two texts are each one added token, then harmony's channel markers on
+    a harmony tokenizer, then the first such pair of KNOWN_THINK_MARKERS; None when the tokenizer has none (e.g.
+    SmolLM2, where `</think>` is the ordinary pieces `</`, `think`, `>`)."""
+    for start, end in candidates:
+        s, e = _single_added_id(tokenizer, start), _single_added_id(tokenizer, end)
+        if s is not None and e is not None:
+            return ThinkMarkers(start, end, (s,), (e,), "tokenizer")
+    if is_harmony(tokenizer):
+        return harmony_markers(tokenizer)
+    for start, end in KNOWN_THINK_MARKERS:
         s, e = _single_added_id(tokenizer, start), _single_added_id(tokenizer, end)
         if s is not None and e is not None:
             return ThinkMarkers(start, end, (s,), (e,), "tokenizer")
@@ -130,7 +156,9 @@ def chat_prompt(tokenizer: Any, user: str, system: str | None = None, user_suffi
 
     `placement` puts `reminder_text` on the prompt side as the SafeRemind authors do: as the system prompt, before
     or after the user text, or at the start of the thinking (appended to the rendered prompt, whatever the
-    template's generation prompt ends with: `<think>\\n` on R1's template, nothing on its GGUF one).
+    template's generation prompt ends with: `<think>\\n` on R1's template, nothing on its GGUF one; on harmony after
+    the analysis channel's header, which the generation prompt `<|start|>assistant` leaves to the model).
+    A system prompt goes where the template puts one: gpt-oss's template makes it the harmony developer message.
     """
     if placement is not None and placement not in PROMPT_PLACEMENTS:
         raise ValueError(f"prompt placement {placement!r} is unknown; use one of {PROMPT_PLACEMENTS}.")
@@ -149,7 +177,7 @@ def chat_prompt(tokenizer: Any, user: str, system: str | None = None, user_suffi
     messages.append({"role": "user", "content": text})
     rendered = render(tokenizer, messages, enable_thinking)
     if placement == "think_start":
-        rendered += reminder_text
+        rendered += (HARMONY_THINK_START if is_harmony(tokenizer) else "") + reminder_text
     return token_ids(tokenizer, rendered)
 
 

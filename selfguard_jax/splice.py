@@ -75,6 +75,7 @@ class SpliceState:
     head: jax.Array         # [B] junction row of the queue's head, -1 for the plain token it started from
     phrase: jax.Array       # [B] phrase of the queue, -1 for none
     close: jax.Array        # [B] bool: the queue ends with think_end
+    end_from: jax.Array     # [B] leading think_end ids the close leaves out: the model sampled them when its cap hit
     last: jax.Array         # [B] the last token fed to the model
 
     @classmethod
@@ -82,7 +83,7 @@ class SpliceState:
         zeros = jnp.zeros((batch,), jnp.int32)
         return cls(thinking=jnp.full((batch,), thinking), think_count=zeros, answer_count=zeros, matched=zeros,
                    count=zeros, cursor=zeros - 1, head=zeros - 1, phrase=zeros - 1,
-                   close=jnp.zeros((batch,), bool), last=zeros)
+                   close=jnp.zeros((batch,), bool), end_from=zeros, last=zeros)
 
 
 class Emitted(NamedTuple):
@@ -96,22 +97,22 @@ class Emitted(NamedTuple):
     stopped: jax.Array    # [B] a stop id ended the row
 
 
-def _queue(rp: ReminderParams, tp: ThinkParams, head, phrase, close):
+def _queue(rp: ReminderParams, tp: ThinkParams, head, phrase, close, end_from):
     """Lengths of a queue's parts: head h, skipped phrase ids, phrase ids emitted, total."""
     k = jnp.maximum(head, 0)
     h = jnp.where(head >= 0, rp.head_len_K[k], 1)
     skip = jnp.where(head >= 0, rp.skip_K[k], 0)
     plen = jnp.where(phrase >= 0, rp.phrase_len_P[jnp.maximum(phrase, 0)] - skip, 0)
-    return h, skip, plen, h + plen + jnp.where(close, tp.end_len, 0)
+    return h, skip, plen, h + plen + jnp.where(close, tp.end_len - end_from, 0)
 
 
-def _queue_token(rp: ReminderParams, tp: ThinkParams, head, phrase, close, c, first):
+def _queue_token(rp: ReminderParams, tp: ThinkParams, head, phrase, close, end_from, c, first):
     """Q[c]; `first` is Q[0] when the head is a plain token."""
-    h, skip, plen, _ = _queue(rp, tp, head, phrase, close)
+    h, skip, plen, _ = _queue(rp, tp, head, phrase, close, end_from)
     J, R, E = rp.head_KJ.shape[1], rp.phrases_PR.shape[1], tp.end_E.shape[0]
     t_head = jnp.where(head >= 0, rp.head_KJ[jnp.maximum(head, 0), jnp.clip(c, 0, J - 1)], first)
     t_phrase = rp.phrases_PR[jnp.maximum(phrase, 0), jnp.clip(skip + c - h, 0, R - 1)]
-    t_end = tp.end_E[jnp.clip(c - h - plen, 0, E - 1)]
+    t_end = tp.end_E[jnp.clip(c - h - plen + end_from, 0, E - 1)]
     tok = jnp.where(c < h, t_head, jnp.where(c < h + plen, t_phrase, t_end))
     starts = (phrase >= 0) & (((c == h) & (skip == 0)) | ((c == 0) & (head >= 0) & (skip > 0)))
     return tok, starts
@@ -157,8 +158,8 @@ def advance(rp: ReminderParams, tp: ThinkParams, s: SpliceState, sampled: jax.Ar
     queued = (s.cursor >= 0) & live
     counted = ~queued & live
     was_thinking = s.thinking & live
-    q_tok, q_starts = _queue_token(rp, tp, s.head, s.phrase, s.close, s.cursor, s.last)
-    q_finished = queued & (s.cursor + 1 >= _queue(rp, tp, s.head, s.phrase, s.close)[3])
+    q_tok, q_starts = _queue_token(rp, tp, s.head, s.phrase, s.close, s.end_from, s.cursor, s.last)
+    q_finished = queued & (s.cursor + 1 >= _queue(rp, tp, s.head, s.phrase, s.close, s.end_from)[3])
     close_done = q_finished & s.close
     e = _read_sampled(tp, s, sampled, is_stop, counted, was_thinking)
 
@@ -181,8 +182,10 @@ def advance(rp: ReminderParams, tp: ThinkParams, s: SpliceState, sampled: jax.Ar
     n_phrase = jnp.where(with_phrase, pick, -1)
     drop_prev = new & replace_end & (n_head >= 0)
     c0 = jnp.where(replace_end & (n_head < 0), 1, 0)  # Q[0] was fed already: emit Q[1] now
-    n_tok, n_starts = _queue_token(rp, tp, n_head, n_phrase, with_close, c0, anchor)
-    n_len = _queue(rp, tp, n_head, n_phrase, with_close)[3]
+    # a cap that hits while the model is part way through a several-id think-end marker completes that marker
+    n_from = jnp.where(with_close & ~with_phrase, e.matched, 0)
+    n_tok, n_starts = _queue_token(rp, tp, n_head, n_phrase, with_close, n_from, c0, anchor)
+    n_len = _queue(rp, tp, n_head, n_phrase, with_close, n_from)[3]
     fresh = new & ~close_done  # the new queue's first id stands at this step
 
     token = jnp.where(queued, q_tok, jnp.where(fresh, n_tok, sampled))
@@ -196,5 +199,6 @@ def advance(rp: ReminderParams, tp: ThinkParams, s: SpliceState, sampled: jax.Ar
         thinking=s.thinking & ~ends, think_count=e.think_count, answer_count=e.answer_count, matched=e.matched,
         count=s.count + (new & with_phrase), cursor=cursor, head=jnp.where(new, n_head, s.head),
         phrase=jnp.where(new, n_phrase, s.phrase), close=jnp.where(new, with_close, s.close),
+        end_from=jnp.where(new, n_from, s.end_from),
         last=jnp.where(live, token, s.last))
     return emitted, state

@@ -82,7 +82,7 @@ def test_stacked_params_with_a_cache_agree_scanned_and_sliced(hf_dirs):
     assert np.abs(outs[0][1][:, :, :, 5]).max() > 0  # the new slot was written
 
 
-@pytest.mark.parametrize("scan_layers", [True, False])
+@pytest.mark.parametrize("scan_layers", [pytest.param(True, marks=pytest.mark.slow), False])
 def test_linen_module_applies_to_the_loaded_params(hf_dirs, scan_layers):
     """`lm.module` binds `lm.params` as they are (either layout) and gives transformers' logits; its init draws
     params of the same structure and shapes."""

@@ -123,6 +123,7 @@ def test_every_junction_equals_the_authors_retokenisation(r1, criteria, quantile
     assert triggers >= 2, "reminders must fire for the comparison to mean something"
 
 
+@pytest.mark.slow
 def test_junction_table_on_r1_matches_the_measured_merges(r1):
     """2,164 of R1's 2,178 newline-ending tokens merge with the reminder's leading newline."""
     tok, _, _ = r1

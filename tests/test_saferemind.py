@@ -30,7 +30,8 @@ def setup(tmp_path_factory):
 
 
 @pytest.mark.parametrize("criterion,quantile,max_rem,max_think", [
-    ("lt", 0.5, 1, 1000), ("lt", 0.7, 3, 1000), ("gt", 0.4, 1, 1000), ("gt", 0.3, 3, 1000), ("lt", 0.6, 3, 14),
+    pytest.param("lt", 0.5, 1, 1000, marks=pytest.mark.slow), pytest.param("lt", 0.7, 3, 1000, marks=pytest.mark.slow),
+    ("gt", 0.4, 1, 1000), pytest.param("gt", 0.3, 3, 1000, marks=pytest.mark.slow), ("lt", 0.6, 3, 14),
 ])
 def test_saferemind_equals_reference(setup, criterion, quantile, max_rem, max_think):
     lm, model, ents, boundary = setup

@@ -1,5 +1,7 @@
 """Where the answer is in a generation: the text after `</think>`, or none at all when the model opened its
 thinking and never closed it (an "unfinished" row: stopped on EOS or on the token budget mid-thought).
+On harmony (gpt-oss) the answer is the `final` channel's message: the text after its header, without the
+`<|return|>` that closes it.
 
 Judges read only the answer, never the thinking: a reminder spliced into the thinking ("I must not
 respond ...") must not make a row look refused. An unfinished row is its own outcome, counted and shown,
@@ -13,12 +15,34 @@ from typing import Sequence
 
 THINK_START, THINK_END = "<think>", "</think>"
 UNFINISHED = "unfinished"
+HARMONY_FINAL = "<|channel|>final<|message|>"
+HARMONY_CLOSES = ("<|return|>", "<|end|>")  # what ends a harmony message (<|return|>: the last one)
 
 
-def split_answer(text: str) -> tuple[str, bool]:
-    """(answer, found): the text after the last `</think>` and True, or the whole text and False."""
-    _, sep, tail = text.rpartition(THINK_END)
-    return (tail, True) if sep else (text, False)
+def split_at(text: str, end: str = THINK_END) -> tuple[str, bool, str]:
+    """(thinking, closed, answer): `text` cut at its last think-end marker `end`. A harmony end marker (one that
+    opens the final channel, chat.HARMONY_THINK_END) cuts at the last final-channel header instead, which a model
+    that writes no analysis message emits without closing one first; the thinking then loses the closing
+    `<|end|><|start|>assistant` and the answer its closing `<|return|>`."""
+    if not end.endswith(HARMONY_FINAL):
+        thinking, sep, answer = text.rpartition(end)
+        return thinking, bool(sep), answer
+    thinking, sep, answer = text.rpartition(HARMONY_FINAL)
+    if not sep:
+        return thinking, False, answer
+    thinking = thinking.removesuffix(end[:-len(HARMONY_FINAL)])
+    for close in HARMONY_CLOSES:
+        if answer.endswith(close):
+            answer = answer[:-len(close)]
+            break
+    return thinking, True, answer
+
+
+def split_answer(text: str, end: str = THINK_END) -> tuple[str, bool]:
+    """(answer, found): the text after the last think-end marker `end` (split_at) and True, or the whole text and
+    False."""
+    _, found, answer = split_at(text, end)
+    return (answer, True) if found else (text, False)
 
 
 def prompt_opens_thinking(prompt_text: str, start: str = THINK_START, end: str = THINK_END) -> bool:
@@ -55,7 +79,7 @@ def parse_response(text: str, think_open: bool = False, strip: Sequence[str] = (
     if markers is None:
         return Response("", text)
     start, end = markers
-    thinking, closed, answer = text.rpartition(end)
+    thinking, closed, answer = split_at(text, end)
     if closed:
         for spliced in strip:
             for piece in sorted({spliced, spliced.strip()} - {""}, key=len, reverse=True):
