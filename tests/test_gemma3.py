@@ -32,7 +32,7 @@ def gemma_dirs(tmp_path_factory):
 
 
 @pytest.mark.parametrize("name", list(GEMMA_SPECS))
-@pytest.mark.parametrize("pad_side", ["left", "right"])
+@pytest.mark.parametrize("pad_side", ["left", pytest.param("right", marks=pytest.mark.slow)])
 def test_logits_and_hidden_states_match_hf(gemma_dirs, name, pad_side):
     """12 positions against windows of 5 and 4: the sliding layers see only part of the sequence."""
     folder, model = gemma_dirs[name]
@@ -118,6 +118,7 @@ def test_attention_softcapping_is_refused(gemma_dirs):
         ModelConfig.from_dict(hf)
 
 
+@pytest.mark.slow
 def test_export_round_trips_through_transformers(gemma_dirs, tmp_path):
     """export_hf writes a folder transformers loads as the same Gemma 3 (config, (1 + w) norms, tied head)."""
     from transformers import AutoModelForCausalLM

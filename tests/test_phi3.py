@@ -39,7 +39,7 @@ def hf_rows(model, ids, mask):
 
 
 @pytest.mark.parametrize("name", list(PHI3_SPECS))
-@pytest.mark.parametrize("pad_side", ["left", "right"])
+@pytest.mark.parametrize("pad_side", ["left", pytest.param("right", marks=pytest.mark.slow)])
 def test_logits_match_hf(phi3_dirs, name, pad_side):
     """Rows of 9 and 12 tokens pass the original context of 8 (long factors), rows of 4 and 1 do not (short)."""
     folder, model = phi3_dirs[name]
@@ -74,6 +74,7 @@ def test_greedy_equals_transformers_generate(phi3_dirs, name):
     assert lm.generate(PROMPTS, max_new_tokens=16).tokens == hf_greedy(model, PROMPTS, 16)
 
 
+@pytest.mark.slow
 def test_export_fuses_the_projections_again(phi3_dirs, tmp_path):
     """export_hf writes qkv_proj and gate_up_proj back fused; transformers loads them as the same model."""
     from transformers import AutoModelForCausalLM
