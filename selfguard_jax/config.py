@@ -505,13 +505,16 @@ def rope_inv_freq(cfg: ModelConfig, theta: float | None = None, rope: dict | Non
     base = cfg.rope_theta if theta is None else theta
     rope = cfg.rope if rope is None else rope
     exponent = np.arange(0, dim, 2, dtype=np.int64).astype(np.float32) / dim
-    inv = 1.0 / (base ** exponent)
+    # base ** exponent rounded once from float64: torch's float32 pow (within an ulp of it, where numpy's float32
+    # pow is not); an ulp of a frequency is a visible angle error a few hundred positions on
+    powers = (base ** exponent.astype(np.float64)).astype(np.float32)
+    inv = 1.0 / powers
     kind = rope["rope_type"]
     if kind == "default":
         return inv, 1.0
     if kind == "longrope":
         ext = np.asarray(rope["long_factor" if long else "short_factor"], np.float32)
-        return (1.0 / (ext * base ** exponent)).astype(np.float32), float(rope["attention_factor"])
+        return (1.0 / (ext * powers)).astype(np.float32), float(rope["attention_factor"])
     factor = float(rope["factor"])
     if kind == "linear":
         return inv / factor, 1.0

@@ -77,11 +77,12 @@ def test_float32_logits_match_transformers(gemma_lm, gemma_hf, gemma_prompt_ids,
     ours_err, theirs_err = float(np.abs(np.asarray(last)[0] - exact).max()), float(np.abs(ref32 - exact).max())
     print(f"float32 logits vs transformers: short prompts max |diff| {worst:.2e}, long prompt ({len(long)} tokens) "
           f"last position {worst_long:.2e}; vs float64: ours {ours_err:.2e}, transformers float32 {theirs_err:.2e}")
-    # Bit-identical weights leave float32 rounding in another summation order: 7.5e-5 measured over 8 prompts of
-    # logits up to ~40. Over 645 positions it compounds to a few 1e-4 on both sides, so the long prompt is held
-    # to float64 instead: our error may not exceed twice transformers' own float32 error.
-    assert worst < 5e-4 and worst_long < 2e-3
-    assert ours_err <= 2 * theirs_err + 1e-5
+    # Bit-identical weights leave float32 rounding in another summation order: measured 7.9e-5 over the 8 prompts
+    # (logits up to ~40) and 1.6e-4 at the 645th position, where against the same weights in float64 ours is off
+    # by 1.3e-4 and transformers' float32 by 4.9e-5. Held to 5e-4, and to 4x transformers' own float32 error: a
+    # frequency an ulp off (numpy's float32 pow) measured 6.4e-4 / 13x here, a wrong window or rope far more.
+    assert worst < 5e-4 and worst_long < 5e-4
+    assert ours_err < 4 * theirs_err
 
 
 def test_greedy_ids_equal_transformers_generate(gemma_lm, gemma_hf, gemma_prompt_ids, gemma_long_ids):
