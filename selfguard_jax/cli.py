@@ -1,4 +1,4 @@
-"""`selfguard-jax`: convert | info | generate | extract | sweep | eval | report | demo."""
+"""`selfguard-jax`: convert | info | generate | extract | sweep | eval | report | demo | lm-eval."""
 
 from __future__ import annotations
 
@@ -107,6 +107,9 @@ def build_parser() -> argparse.ArgumentParser:
     from selfguard_jax import cli_run
 
     cli_run.add_commands(sub)
+    from selfguard_jax import cli_lm_eval
+
+    cli_lm_eval.add_command(sub)
     for command in sub.choices.values():  # --debug is accepted after the command too
         command.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     return p

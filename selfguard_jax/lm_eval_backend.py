@@ -149,6 +149,9 @@ class SelfGuardLM(TemplateLM):
             raise ValueError(f"{pretrained or self.lm.path} has no tokenizer files; lm-eval sends text, so the "
                              "model folder needs tokenizer.json (or a .gguf file).")
         self.tokenizer = self.lm.tokenizer
+        if "max_answer_tokens" in recipe_overrides:
+            raise ValueError("max_answer_tokens does not apply here: the task's max_gen_toks caps the answer; set "
+                             "max_gen_toks=N (tasks without their own) or lm-eval's gen_kwargs max_gen_toks=N.")
         if "think_markers" in recipe_overrides and isinstance(recipe_overrides["think_markers"], str):
             recipe_overrides["think_markers"] = chat.parse_think_markers(
                 recipe_overrides["think_markers"].replace("|", ","))
