@@ -41,6 +41,11 @@ def tiny(chat_model_dir):
     return sgj.load(chat_model_dir, dtype="float32"), model, tok
 
 
+@pytest.fixture(scope="module")
+def organism():
+    return sgj.load(ORGANISM, dtype="float32")
+
+
 def run(model, tasks, **kw):
     kw.setdefault("bootstrap_iters", 0)
     return lm_eval.simple_evaluate(model=model, tasks=tasks, task_manager=TaskManager(include_path=str(TASKS)),
@@ -162,8 +167,9 @@ def test_generate_until_equals_generate_and_hflm(tiny):
     lm, model, tok = tiny
     ours = SelfGuardLM(lm=lm, batch_size=3, think_markers="none")
     hf = HFLM(pretrained=model, tokenizer=tok, batch_size=3, device="cpu")
-    until = ["\n", "is"]
-    assert ours.stop_ids(until) == [chat.token_ids(tok, "\n")[0]]  # "\n" is one token here; "is" is not
+    until = ["\n", "is", "e a"]
+    single = [tok.encode(s)[0] for s in until if len(tok.encode(s)) == 1]
+    assert ours.stop_ids(until) == single and 0 < len(single) < len(until)  # one-token and multi-token stops
     reqs = _gen_requests(until)
     texts = ours.generate_until(reqs)
     assert texts == hf.generate_until(_gen_requests(until))
@@ -175,10 +181,10 @@ def test_generate_until_equals_generate_and_hflm(tiny):
 @pytest.mark.slow
 @pytest.mark.parametrize("name, overrides", [("vanilla", {"two_phase": True}), ("prompt-only", {"two_phase": True}),
                                              ("saferemind", {})])
-def test_organism_task_equals_recipe_generate(name, overrides):
+def test_organism_task_equals_recipe_generate(organism, name, overrides):
     """The local generative task on the organism under three recipes: lm-eval's chat-templated request is the
     recipe's own prompt, and what lm-eval scores is our generate's answer after the (stripped) thinking."""
-    lm = sgj.load(ORGANISM, dtype="float32")
+    lm = organism
     model = SelfGuardLM(lm=lm, recipe=name, batch_size=4, max_think_tokens=64, **overrides)
     res = run(model, ["sgj_arith_gen"], apply_chat_template=True, limit=4)
     samples = res["samples"]["sgj_arith_gen"]
