@@ -98,6 +98,17 @@ def test_refusals_name_the_fix(tiny):
         SelfGuardLM(lm=lm, batch_size="auto")
 
 
+def test_reached_by_name_with_model_args_string():
+    """lm-eval's registry finds the backend by name once it is imported; recipe fields parse from model_args."""
+    cls = lm_eval.api.registry.get_model("selfguard-jax")
+    assert cls is SelfGuardLM
+    m = cls.create_from_arg_string(f"pretrained={ORGANISM},recipe=saferemind,max_think_tokens=64,threshold=0.25",
+                                   {"batch_size": 2})
+    assert (m.recipe.name, m.recipe.max_think_tokens, m.recipe.threshold, m.batch_size) == ("saferemind", 64, 0.25, 2)
+    with pytest.raises(ValueError, match=r"steers layers \[1, 2\] but no vectors"):
+        cls.create_from_arg_string(f"pretrained={ORGANISM},recipe=steer-only,steer_layers=1:2,steer_alpha=0.5")
+
+
 @pytest.mark.slow
 def test_loglikelihoods_equal_lm_evals_hf_backend(tiny):
     """multiple_choice and loglikelihood_rolling tasks, ragged batches of 4 and a max_length of 48 (some contexts
