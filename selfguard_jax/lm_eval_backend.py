@@ -26,6 +26,7 @@ from selfguard_jax.buckets import bucket, pad_rows
 from selfguard_jax.config import ModelConfig
 from selfguard_jax.model import Params, SteerInput, causal_mask, forward, positions_from_mask
 from selfguard_jax.recipes import Recipe
+from selfguard_jax.spec import GenerationSpec, Sampling
 from selfguard_jax.vector_files import load_any
 
 MODEL_NAME = "selfguard-jax"
@@ -316,10 +317,13 @@ class SelfGuardLM(TemplateLM):
         kw = {"add_special_tokens": False} if has_bos_prefix(context, bos) else {}
         return list(self.tokenizer.encode(context, **kw))
 
-    def generation_settings(self, max_gen_toks: int) -> dict[str, Any]:
-        """What `lm.generate` takes for one lm-eval request group: the recipe with `max_gen_toks` as its answer cap."""
+    def generation_spec(self, max_gen_toks: int, sampling: Sampling = Sampling(),
+                        until: Sequence[str] = ()) -> GenerationSpec:
+        """The spec `lm.generate` runs for one lm-eval request group: the recipe's, with `max_gen_toks` as its
+        answer cap (its budget rule then gives the thinking cap + answer cap on a thinking model) and the stop
+        ids of `until`."""
         recipe = dataclasses.replace(self.recipe, max_answer_tokens=max_gen_toks)
-        return recipe.generate_kwargs(self.tokenizer, self.vectors)
+        return recipe.spec(self.tokenizer, self.vectors, sampling=sampling, stop_ids=tuple(self.stop_ids(until)))
 
     def stop_ids(self, until: Sequence[str]) -> list[int]:
         """Stop strings that are one token of their own, stopped on while decoding; the text is cut at every stop
@@ -354,23 +358,22 @@ class SelfGuardLM(TemplateLM):
         for idx in groups.values():
             kwargs = normalize_gen_kwargs(dict(requests[idx[0]].args[1]), self.max_gen_toks)
             until = handle_stop_sequences(kwargs.pop("until", None), eos=eos)
-            run = self.generation_settings(int(kwargs.pop("max_gen_toks")))
-            sampling = self._sampling(kwargs)
-            room = self.max_length - run["max_new_tokens"]
+            max_gen_toks = int(kwargs.pop("max_gen_toks"))
+            spec = self.generation_spec(max_gen_toks, self._sampling(kwargs), until)
+            budget = spec.budget()
+            room = self.max_length - budget
             if room < 1:
-                raise ValueError(f"the generation budget ({run['max_new_tokens']} tokens under recipe "
+                raise ValueError(f"the generation budget ({budget} tokens under recipe "
                                  f"{self.recipe.name!r}) leaves no room for a prompt in max_length {self.max_length}; "
                                  "lower max_think_tokens / max_gen_toks.")
             prompts = [self._context_ids(requests[i].args[0])[-room:] for i in idx]
-            gen = self.lm.generate(prompts, stop_ids=self.stop_ids(until), slots=self.batch_size, seed=self.seed,
-                                   **sampling, **run)
+            gen = self.lm.generate(prompts, spec, slots=self.batch_size)
             for i, tokens in zip(idx, gen.tokens):
                 out[i] = self.finish_text(tokens, until)
                 self.cache_hook.add_partial("generate_until", requests[i].args, out[i])
         return out
 
-    @staticmethod
-    def _sampling(kwargs: dict) -> dict[str, Any]:
+    def _sampling(self, kwargs: dict) -> Sampling:
         """Greedy unless the task samples; other HF generation options are refused rather than ignored."""
         do_sample = bool(kwargs.pop("do_sample", False))
         temperature = float(kwargs.pop("temperature", 0.0) or 0.0)
@@ -380,10 +383,10 @@ class SelfGuardLM(TemplateLM):
             raise ValueError(f"generation options {sorted(kwargs)} are not supported by the {MODEL_NAME} backend; "
                              "it takes until, max_gen_toks, do_sample, temperature, top_p and top_k.")
         if not do_sample:
-            return dict(temperature=0.0, top_p=1.0, top_k=0)
+            return Sampling(seed=self.seed)
         if not math.isfinite(temperature) or temperature <= 0:
             raise ValueError(f"do_sample=True needs a temperature > 0, got {temperature}.")
-        return dict(temperature=temperature, top_p=top_p, top_k=top_k)
+        return Sampling(temperature, top_p, top_k, self.seed)
 
     def get_model_info(self) -> dict:
         return {"model": self.lm.path, "recipe": dataclasses.asdict(self.recipe), "dtype": str(self.lm.dtype),

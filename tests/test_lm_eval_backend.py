@@ -202,7 +202,7 @@ def test_organism_task_equals_recipe_generate(organism, name, overrides):
     recipe = dataclasses.replace(recipes.get_recipe(name, **overrides), max_think_tokens=64)
     prompts = [recipe.prompt_ids(lm.tokenizer, s["doc"]["question"]) for s in samples]
     assert [model._context_ids(s["arguments"][0][0]) for s in samples] == prompts
-    gen = lm.generate(prompts, **model.generation_settings(32))
+    gen = lm.generate(prompts, model.generation_spec(32))
     until = ["Question:", lm.tokenizer.eos_token]
     assert [s["resps"][0][0] for s in samples] == [model.finish_text(t, until) for t in gen.tokens]
     for s, t in zip(samples, gen.tokens):
