@@ -251,7 +251,8 @@ class SelfGuardLM(TemplateLM):
         gate[lo:hi] = 1.0
         return gate
 
-    def _loglikelihood_tokens(self, requests: list, disable_tqdm: bool = False, **kwargs: Any) -> list[tuple[float, bool]]:
+    def _loglikelihood_tokens(self, requests: list, disable_tqdm: bool = False,
+                              **kwargs: Any) -> list[tuple[float, bool]]:
         """(sum of log p(continuation | context), all greedy) per request; batches of `batch_size` rows sorted by
         length, each padded to a power-of-two bucket (lm-eval's HF backend truncates from the left the same way)."""
         self._check_scoring()

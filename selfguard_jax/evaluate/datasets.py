@@ -30,6 +30,8 @@ def unknown_dataset(name: str) -> str:
         return (f"dataset {name!r} runs through lm-evaluation-harness: selfguard-jax lm-eval --model M "
                 f"--tasks {LM_EVAL_TASKS[name]} --recipe R")
     return f"unknown dataset {name!r}; known: {sorted(DATASETS)}"
+
+
 __all__ = ["DATASETS", "DatasetFormatError", "DatasetSpec", "Example", "Layout", "load_dataset", "read_rows"]
 
 

@@ -148,7 +148,8 @@ class EvalConfig:
             except ValueError as e:
                 raise ConfigError(f"datasets[{i}].judges: {e}") from None
             if spec["name"] not in DATASETS:
-                raise ConfigError(f"datasets[{i}].name {spec['name']!r} is unknown: {unknown_dataset(spec['name'])}.")
+                raise ConfigError(f"datasets[{i}].name {spec['name']!r} is unknown: "
+                                  f"{unknown_dataset(spec['name'])}.")
             labels.append(dataset_label(spec))
         _unique("datasets", labels)
 
