@@ -14,8 +14,9 @@ import argparse
 import json
 from pathlib import Path
 
-from selfguard_jax import decode, tpu_compile
+from selfguard_jax import tpu_compile
 from selfguard_jax.config import ModelConfig
+from selfguard_jax.kv_cache import cache_length
 from selfguard_jax.plan import plan
 
 HERE = Path(__file__).resolve().parent
@@ -35,7 +36,7 @@ def largest_batch(cfg: ModelConfig, mesh, chip, tries: int) -> tuple[int, list]:
     compiler fits (a few seconds a compile), searched from plan's guess by bisection."""
     data, model = mesh.shape["data"], mesh.shape["model"]
     unit = 8 * data
-    S = decode.cache_length(PROMPT + NEW)
+    S = cache_length(PROMPT + NEW)
     one = plan(cfg, data, model, unit, S)
     guess = max(unit, int((0.9 * chip.hbm_bytes - one.params_bytes) / (one.cache_bytes / unit)) // unit * unit)
     lo, hi, B, log = 0, None, guess, []
@@ -57,7 +58,7 @@ def one(name: str, topology: str, data: int, model: int, tries: int, judge: bool
     B, search = largest_batch(cfg, mesh, chip, tries)
     out = {"model": name, "topology": topology, "data": data, "model_axis": model, "search": search,
            "chip": chip.name, "hbm_gbps": chip.hbm_bandwidth / 1e9, "source": chip.source}
-    S = decode.cache_length(PROMPT + NEW)
+    S = cache_length(PROMPT + NEW)
     unit = 8 * data
     while B > 0:  # the stream (prefill, loop, refills) needs prefill's activations on top of the step
         stream = tpu_compile.programs(cfg, mesh, tpu_compile.Shape(B, PROMPT, NEW), only=("stream",))[0]

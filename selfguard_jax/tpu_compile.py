@@ -9,21 +9,25 @@ from __future__ import annotations
 
 import dataclasses
 import time
-import types
 from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.experimental import topologies
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from selfguard_jax import decode, extract
 from selfguard_jax.config import ModelConfig
+from selfguard_jax.decode_loop import DecodeLoop, run_compiled
 from selfguard_jax.heads import tp_config
-from selfguard_jax.model import KVCache, SteerInput, decode_step, prefill
+from selfguard_jax.kv_cache import LayerCache, StackedCache, cache_length
+from selfguard_jax.model import SteerInput, decode_step, prefill
 from selfguard_jax.plan import plan
-from selfguard_jax.reminder import Reminder
+from selfguard_jax.policy import ExecutionPolicy
+from selfguard_jax.reminder import Reminder, Thinking
 from selfguard_jax.sharding import param_shardings, spec_for
+from selfguard_jax.spec import GenerationSpec
 from selfguard_jax.steering import Steering
 from selfguard_jax.weights import KV_AXES, is_weight, kv_cache_shape, weight_table
 
@@ -84,8 +88,6 @@ class Compiled:
 
 def topology_mesh(topology: str, data: int | None = None, model: int | None = None) -> tuple[Mesh, Chip]:
     """A (data, model) mesh over the abstract devices of `topology` ("v5e:2x4"); model defaults to all chips."""
-    from jax.experimental import topologies
-
     kind = topology.split(":")[0]
     if kind not in CHIPS:
         raise ValueError(f"topology {topology!r}: chip {kind!r} unknown; use one of {sorted(CHIPS)} "
@@ -128,14 +130,15 @@ def _rows(mesh: Mesh) -> Callable[[Any], NamedSharding]:
     return one
 
 
-def _cache(cfg: ModelConfig, mesh: Mesh, batch: int, length: int, dtype: Any, stacked: bool) -> KVCache:
+def _cache(cfg: ModelConfig, mesh: Mesh, batch: int, length: int, dtype: Any, stacked: bool,
+           filled: bool) -> StackedCache | LayerCache:
     shape = kv_cache_shape(tp_config(cfg, mesh.shape["model"]), batch, length)
     spec = spec_for(shape, KV_AXES, mesh, "kv cache")
     if stacked:
         one = jax.ShapeDtypeStruct(shape, dtype, sharding=NamedSharding(mesh, spec))
-        return KVCache(k=one, v=one)
+        return StackedCache(k=one, v=one, filled=filled)
     one = jax.ShapeDtypeStruct(shape[1:], dtype, sharding=NamedSharding(mesh, P(*spec[1:])))
-    return KVCache(k=(one,) * cfg.num_layers, v=(one,) * cfg.num_layers)
+    return LayerCache(k=(one,) * cfg.num_layers, v=(one,) * cfg.num_layers, filled=filled)
 
 
 def compile_one(name: str, fn: Callable, args: tuple, mesh: Mesh, keep_hlo: bool = False,
@@ -163,21 +166,22 @@ def _defended(cfg: ModelConfig) -> tuple[Steering, Reminder]:
     L, V = cfg.num_layers, cfg.vocab_size
     layers = [max(0, L - 3 + i) for i in range(3)]
     steering = Steering.from_vectors(np.zeros((L, cfg.hidden_size), np.float32), layers, 1.0, rule="thinking")
-    reminder = Reminder(token_ids=list(range(1, 25)), boundary_ids=list(range(V // 2)), think_end_ids=[2],
-                        threshold=0.5, max_think_tokens=4096, max_answer_tokens=1024)
+    reminder = Reminder(token_ids=list(range(1, 25)), boundary_ids=list(range(V // 2)),
+                        thinking=Thinking(end_ids=[2], max_think_tokens=4096, max_answer_tokens=1024), threshold=0.5)
     return steering, reminder
 
 
-def _loop_args(cfg, mesh, params, shape: Shape, requests: int, defended: bool, stacked: bool):
-    """Abstract arguments of decode's loop program for `requests` prompts in `shape.batch` slots."""
+def _loop_args(cfg: ModelConfig, mesh: Mesh, shape: Shape, requests: int, defended: bool,
+               stacked: bool) -> tuple[DecodeLoop, Any, Any, Any]:
+    """The decode loop TPU's execution policy runs for `requests` prompts in `shape.batch` slots, and its abstract
+    dynamic inputs."""
     steering, reminder = _defended(cfg) if defended else (None, None)
-    lm = types.SimpleNamespace(config=cfg, mesh=mesh, scan_layers=stacked)
-    prompts = [[1] * shape.prompt_len] * requests
-    static, dp, rq = decode._prepare(lm, prompts, shape.new_tokens, steering=steering, reminder=reminder,
-                                     slots=shape.batch)
-    static = dataclasses.replace(static, filled_attention=True, row_groups=1)  # the TPU settings
+    spec = GenerationSpec(max_new_tokens=shape.new_tokens, steering=steering, reminder=reminder)
+    program = decode.prepare(cfg, ExecutionPolicy.for_platform("tpu", stacked), mesh.shape["data"],
+                             [[1] * shape.prompt_len] * requests, spec, slots=shape.batch)
     replicated = lambda a: NamedSharding(mesh, P())  # noqa: E731
-    return static, _abstract(dp, replicated), _abstract(rq, replicated), _abstract(jax.random.PRNGKey(0), replicated)
+    return (program.loop, _abstract(program.dp, replicated), _abstract(program.rq, replicated),
+            _abstract(program.rng, replicated))
 
 
 def programs(cfg: ModelConfig, mesh: Mesh, shape: Shape, dtype: Any = jnp.bfloat16, stacked: bool = True,
@@ -189,7 +193,7 @@ def programs(cfg: ModelConfig, mesh: Mesh, shape: Shape, dtype: Any = jnp.bfloat
     counts every layer), and the judge's decode loop when `judge` is given."""
     params = abstract_params(cfg, mesh, dtype, stacked)
     B, T, N = shape.batch, shape.prompt_len, shape.new_tokens
-    S = decode.cache_length(T + N)
+    S = cache_length(T + N)
     rows = _rows(mesh)
     ids = _abstract(np.zeros((B, T), np.int32), rows)
     out = []
@@ -205,8 +209,8 @@ def programs(cfg: ModelConfig, mesh: Mesh, shape: Shape, dtype: Any = jnp.bfloat
         out.append(compile_one("prefill", fn, (params, ids, ids, steer), mesh, keep_hlo))
     for name, requests in (("decode loop", B), ("stream", 2 * B)):
         if want(name):
-            static, dp, rq, rng = _loop_args(cfg, mesh, params, shape, requests, True, stacked)
-            fn = lambda p, d, r, k, static=static: decode._decode_jit(p, cfg, static, d, r, k)  # noqa: E731
+            loop, dp, rq, rng = _loop_args(cfg, mesh, shape, requests, True, stacked)
+            fn = lambda p, d, r, k, loop=loop: run_compiled(loop, p, d, r, k)  # noqa: E731
             out.append(compile_one(name, fn, (params, dp, rq, rng), mesh, keep_hlo))
     if want("extraction"):
         fn = lambda p, i, m: extract._last_token_states(p, cfg, i, m, stacked)  # noqa: E731
@@ -216,29 +220,30 @@ def programs(cfg: ModelConfig, mesh: Mesh, shape: Shape, dtype: Any = jnp.bfloat
     if judge is not None and want("judge"):
         jshape = Shape(B, T + shape.new_tokens + shape.judge_response_len, 16)
         jparams = abstract_params(judge, mesh, dtype, stacked)
-        static, dp, rq, rng = _loop_args(judge, mesh, jparams, jshape, B, False, stacked)
-        fn = lambda p, d, r, k: decode._decode_jit(p, judge, static, d, r, k)  # noqa: E731
+        loop, dp, rq, rng = _loop_args(judge, mesh, jshape, B, False, stacked)
+        fn = lambda p, d, r, k: run_compiled(loop, p, d, r, k)  # noqa: E731
         out.append(compile_one("judge", fn, (jparams, dp, rq, rng), mesh, keep_hlo))
     return out
 
 
 def compile_step(cfg: ModelConfig, mesh: Mesh, batch: int, cache_len: int, dtype: Any = jnp.bfloat16,
-                 stacked: bool = True, attend_len: int | None = None, keep_hlo: bool = False,
+                 stacked: bool = True, blockwise: bool = False, keep_hlo: bool = False,
                  params: dict | None = None, name: str = "decode step") -> Compiled:
     """One decode step (steering on) over a `cache_len`-slot cache, donated as the loop does: dense attention
-    over every slot, or the blockwise attention over the first `attend_len`."""
+    over every slot, or (`blockwise`) the attention over the blocks each row has filled, a run-time length
+    (XLA's cost analysis then counts the skipped blocks' `cond` branches as free)."""
     params = abstract_params(cfg, mesh, dtype, stacked) if params is None else params
     rows = _rows(mesh)
-    cache = _cache(cfg, mesh, batch, cache_len, dtype, stacked)
+    cache = _cache(cfg, mesh, batch, cache_len, dtype, stacked, blockwise)
     tok = _abstract(np.zeros((batch,), np.int32), rows)
     valid = _abstract(np.zeros((batch, cache_len), bool), rows)
     steer = SteerInput(jax.ShapeDtypeStruct((cfg.num_layers, cfg.hidden_size), jnp.float32,
                                             sharding=NamedSharding(mesh, P())),
                        _abstract(np.zeros((batch, 1), np.float32), rows))
-    filled = None if attend_len is None else _abstract(np.zeros((batch,), np.int32), rows)
+    filled = _abstract(np.zeros((batch,), np.int32), rows) if blockwise else None
 
     def fn(p, c, t, pos, v, w, s, f):
-        return decode_step(p, cfg, t, pos, v, c, w, steer=s, attend_len=f, scan_layers=stacked)
+        return decode_step(p, cfg, t, pos, v, c, w, steer=s, attend_len_B=f, scan_layers=stacked)
 
     index = _abstract(np.zeros((batch,), np.int32), rows)
     return compile_one(name, fn, (params, cache, tok, tok, valid, index, steer, filled), mesh, keep_hlo, donate=(1,))
@@ -263,7 +268,7 @@ def report(cfg: ModelConfig, mesh: Mesh, chip: Chip, shape: Shape, results: list
     """A per-chip table of the compiled programs against `plan` (the TPU compiler refuses a program that does
     not fit the chip's HBM), and the decode step's roofline estimate between the floor and XLA's bytes."""
     data, model = mesh.shape["data"], mesh.shape["model"]
-    S = decode.cache_length(shape.prompt_len + shape.new_tokens)
+    S = cache_length(shape.prompt_len + shape.new_tokens)
     p = plan(cfg, data, model, shape.batch, S, dtype_bytes, shape.prompt_len)
     lines = [f"{chip.name} x{data * model} (mesh data={data} model={model}), batch {shape.batch}, prompt "
              f"{shape.prompt_len} + {shape.new_tokens} new (cache {S} slots); HBM {chip.hbm_bytes / 1e9:g} GB, "

@@ -16,7 +16,7 @@ from selfguard_jax import heads, sharding
 from selfguard_jax.config import ModelConfig
 from selfguard_jax.model import prefill
 from selfguard_jax.plan import plan
-from selfguard_jax.reminder import Reminder
+from selfguard_jax.reminder import Reminder, Thinking
 from tiny_models import save_hf_model
 
 PROMPTS = [[5, 17, 33, 8, 91, 42], [12, 4], [150, 3, 77, 19, 20, 21, 22, 23, 24], [7, 7, 8], [99]]
@@ -62,6 +62,7 @@ def test_widen_numpy_and_jax_agree_and_keep_every_head():
     assert wide_down.shape == (3, 19456, 8) and wide_down[:, 18944:].sum() == 0 and wide_down.sum() == down.sum()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("shape,scan_layers", [((1, 8), True), ((1, 8), False), ((2, 4), True)])
 def test_sharded_equals_unsharded_when_kv_heads_do_not_divide(model, shape, scan_layers):
     folder, torch_model = model
@@ -86,8 +87,8 @@ def test_sharded_equals_unsharded_when_kv_heads_do_not_divide(model, shape, scan
 
     vecs = np.random.default_rng(0).normal(size=(3, 112)).astype(np.float32)
     steer = sgj.Steering.from_vectors(vecs, [1, 2], 0.5)
-    rem = Reminder(token_ids=[100, 101, 102], boundary_ids=list(range(256)), think_end_ids=[9], threshold=9.0,
-                   max_reminders=2, max_think_tokens=12, max_answer_tokens=6)
+    rem = Reminder(token_ids=[100, 101, 102], boundary_ids=list(range(256)), thinking=Thinking([9], 12, 6),
+                   threshold=9.0, max_reminders=2)
     a = single.generate(PROMPTS, max_new_tokens=20, steering=steer, reminder=rem)
     b = meshed.generate(PROMPTS, max_new_tokens=20, steering=steer, reminder=rem)
     assert a.tokens == b.tokens and a.reminder_steps == b.reminder_steps
