@@ -231,7 +231,7 @@ def compile_step(cfg: ModelConfig, mesh: Mesh, batch: int, cache_len: int, dtype
                  params: dict | None = None, name: str = "decode step") -> Compiled:
     """One decode step (steering on) over a `cache_len`-slot cache, donated as the loop does: dense attention
     over every slot, or (`blockwise`) the attention over the blocks each row has filled, a run-time length
-    (XLA's cost analysis then counts the skipped blocks' `cond` branches as free)."""
+    (XLA's cost analysis then does not cost the conditional blocks as read)."""
     params = abstract_params(cfg, mesh, dtype, stacked) if params is None else params
     rows = _rows(mesh)
     cache = _cache(cfg, mesh, batch, cache_len, dtype, stacked, blockwise)
