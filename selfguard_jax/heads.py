@@ -56,19 +56,21 @@ def widen(name: str, a: Any, cfg: ModelConfig, model: int, stacked: bool) -> Any
     axes = weight_table(cfg)["layers"][name].axes
     axis = next(i for i, x in enumerate(axes) if x in ("heads", "kv_heads", "mlp")) - (0 if stacked else 1)
     xp = jnp if isinstance(a, jax.Array) else np
-    K, G = cfg.num_kv_heads, cfg.num_heads // cfg.num_kv_heads
+    K, n = cfg.num_kv_heads, a.shape[axis]  # n: this array's count (params widened for another axis have more)
+    want = {**dict.fromkeys(MLP_WEIGHTS, wide.intermediate_size), **dict.fromkeys(KV_HEAD_WEIGHTS, wide.num_kv_heads),
+            **dict.fromkeys(QUERY_HEAD_WEIGHTS, wide.num_heads)}[name]
+    if n >= want or (name in KV_HEAD_WEIGHTS and want % n):
+        return a  # already as wide (or wider, for a larger model axis, which also divides this one)
     if name in MLP_WEIGHTS:
         pad = [(0, 0)] * a.ndim
-        pad[axis] = (0, wide.intermediate_size - a.shape[axis])
+        pad[axis] = (0, want - n)
         return xp.pad(a, pad)
-    if name in KV_HEAD_WEIGHTS:
-        return a if a.shape[axis] == wide.num_kv_heads else xp.repeat(a, wide.num_kv_heads // K, axis=axis)
-    if a.shape[axis] == wide.num_heads:
-        return a
-    grouped = a.reshape(a.shape[:axis] + (K, G) + a.shape[axis + 1:])
+    if name in KV_HEAD_WEIGHTS:  # copies stay next to each other: [k0, k0, k1, k1, ...]
+        return xp.repeat(a, want // n, axis=axis)
+    grouped = a.reshape(a.shape[:axis] + (K, n // K) + a.shape[axis + 1:])  # zero heads stay last in each group
     pad = [(0, 0)] * grouped.ndim
-    pad[axis + 1] = (0, wide.num_heads // K - G)
-    return xp.pad(grouped, pad).reshape(a.shape[:axis] + (wide.num_heads,) + a.shape[axis + 1:])
+    pad[axis + 1] = (0, want // K - n // K)
+    return xp.pad(grouped, pad).reshape(a.shape[:axis] + (want,) + a.shape[axis + 1:])
 
 
 def widen_params(params: dict, cfg: ModelConfig, model: int) -> dict:

@@ -57,6 +57,9 @@ def test_widen_numpy_and_jax_agree_and_keep_every_head():
     k = np.arange(8 * 4 * 2, dtype=np.float32).reshape(8, 4, 2)
     np.testing.assert_array_equal(heads.widen("k", k, cfg, 8, stacked=False), np.repeat(k, 2, axis=1))
     assert heads.widen("k", heads.widen("k", k, cfg, 8, False), cfg, 8, False).shape == (8, 8, 2)
+    for name, a in (("k", k), ("q", q[0])):  # params widened for model=8, then moved to model=16
+        again = heads.widen(name, heads.widen(name, a, cfg, 8, False), cfg, 16, False)
+        np.testing.assert_array_equal(again, heads.widen(name, a, cfg, 16, False))
     down = np.ones((3, 18944, 8), np.float32)
     wide_down = heads.widen("down", down, cfg, 8, stacked=True)
     assert wide_down.shape == (3, 19456, 8) and wide_down[:, 18944:].sum() == 0 and wide_down.sum() == down.sum()
