@@ -20,14 +20,15 @@ from selfguard_jax.kv_cache import cache_length
 from selfguard_jax.plan import plan
 
 HERE = Path(__file__).resolve().parent
-MODELS = {"R1-Distill-Qwen-7B": "/work/shared/peer-data/r1-distill-qwen-7b",
+MODELS = {"R1-Distill-Qwen-7B": str(HERE / "configs" / "r1-distill-qwen-7b"),
           "Qwen3-8B": str(HERE / "configs" / "qwen3-8b"),
           "R1-Distill-Qwen-32B": str(HERE / "configs" / "r1-distill-qwen-32b")}
 JUDGE = str(HERE / "configs" / "llama-guard-3-8b")
 RUNS = [("R1-Distill-Qwen-7B", "v5e:2x4", 1, 8), ("R1-Distill-Qwen-7B", "v6e:2x4", 1, 8),
         ("Qwen3-8B", "v5e:2x4", 1, 8), ("Qwen3-8B", "v6e:2x4", 1, 8), ("R1-Distill-Qwen-32B", "v5e:4x4", 2, 8)]
-PROMPT, NEW = 512, 4096 + 1024
+PROMPT, NEW = 512, 4096 + 1024  # the protocol's shape (--prompt / --new change it for a smoke run)
 HARMBENCH = 400
+MAX_BATCH = 1024  # slots searched at most
 GIB = 2 ** 30
 
 
@@ -39,6 +40,7 @@ def largest_batch(cfg: ModelConfig, mesh, chip, tries: int) -> tuple[int, list]:
     S = cache_length(PROMPT + NEW)
     one = plan(cfg, data, model, unit, S)
     guess = max(unit, int((0.9 * chip.hbm_bytes - one.params_bytes) / (one.cache_bytes / unit)) // unit * unit)
+    guess = min(guess, MAX_BATCH)
     lo, hi, B, log = 0, None, guess, []
     for _ in range(tries):
         c = tpu_compile.compile_step(cfg, mesh, B, S, stacked=True)
@@ -53,7 +55,7 @@ def largest_batch(cfg: ModelConfig, mesh, chip, tries: int) -> tuple[int, list]:
 
 
 def one(name: str, topology: str, data: int, model: int, tries: int, judge: bool) -> dict:
-    cfg = ModelConfig.from_pretrained(MODELS[name])
+    cfg = ModelConfig.from_pretrained(MODELS.get(name, name))
     mesh, chip = tpu_compile.topology_mesh(topology, data, model)
     B, search = largest_batch(cfg, mesh, chip, tries)
     out = {"model": name, "topology": topology, "data": data, "model_axis": model, "search": search,
@@ -95,13 +97,25 @@ def one(name: str, topology: str, data: int, model: int, tries: int, judge: bool
 
 
 def main() -> None:
+    global PROMPT, NEW
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", default=str(HERE / "tpu_estimate.json"))
     ap.add_argument("--only", nargs="*", help="model names to run (default: all)")
     ap.add_argument("--tries", type=int, default=6, help="decode-step compiles per batch search")
+    ap.add_argument("--config", help="one run instead of the table: a model folder (config.json)")
+    ap.add_argument("--topology", default="v5e:2x4", help="with --config")
+    ap.add_argument("--mesh", default="1,8", help="with --config: data,model")
+    ap.add_argument("--prompt", type=int, default=PROMPT)
+    ap.add_argument("--new", type=int, default=NEW)
+    ap.add_argument("--no-judge", action="store_true")
     args = ap.parse_args()
-    runs = [r for r in RUNS if not args.only or r[0] in args.only]
-    rows = [one(*r, args.tries, judge=i == 0) for i, r in enumerate(runs)]
+    PROMPT, NEW = args.prompt, args.new
+    if args.config:
+        data, model = map(int, args.mesh.split(","))
+        runs = [(args.config, args.topology, data, model)]
+    else:
+        runs = [r for r in RUNS if not args.only or r[0] in args.only]
+    rows = [one(*r, args.tries, judge=i == 0 and not args.no_judge) for i, r in enumerate(runs)]
     Path(args.out).write_text(json.dumps(rows, indent=1))
 
 

@@ -4,6 +4,10 @@ memory figures match `plan`'s arithmetic. Skipped where libtpu is not installed 
 
 import importlib.util
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import jax
 import pytest
@@ -50,3 +54,17 @@ def test_plan_command_compiles_for_a_topology(tmp_path, capsys):
     assert code == 0
     assert "TPU v5e x4 (mesh data=2 model=2)" in out and "decode loop" in out and "tokens/s" in out
     assert cli.main(["plan", "--model", str(tmp_path), "--topology", "v7x:2x2"]) != 0
+
+
+def test_bench_script_runs_at_a_tiny_size(tmp_path):
+    """benchmarks/bench_tpu_compile.py once, on a tiny config, so it cannot rot (its table takes an hour)."""
+    (tmp_path / "config.json").write_text(json.dumps(HF))
+    script = Path(__file__).resolve().parent.parent / "benchmarks" / "bench_tpu_compile.py"
+    out = tmp_path / "estimate.json"
+    subprocess.run([sys.executable, str(script), "--config", str(tmp_path), "--topology", "v5e:2x2", "--mesh",
+                    "1,4", "--prompt", "32", "--new", "96", "--tries", "1", "--no-judge", "--out", str(out)],
+                   check=True, capture_output=True, timeout=900,
+                   env=os.environ | {"ALLOW_MULTIPLE_LIBTPU_LOAD": "1",  # this process holds libtpu's lock
+                                     "PYTHONPATH": str(script.parent.parent)})
+    row = json.loads(out.read_text())[0]
+    assert row["batch"] > 0 and row["step"]["gflop"] > 0 and row["harmbench_400"]["steps"] > 0
