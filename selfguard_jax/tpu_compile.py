@@ -111,7 +111,8 @@ def abstract_params(cfg: ModelConfig, mesh: Mesh, dtype: Any = jnp.bfloat16, sta
     table = weight_table(tp_config(cfg, mesh.shape["model"]))  # heads widened as `heads.py` lays them out
     if not stacked:
         table = table | {"layers": tuple({k: dataclasses.replace(w, shape=w.layer_shape, axes=w.axes[1:])
-                                          for k, w in table["layers"].items()} for _ in range(cfg.num_layers))}
+                                          for k, w in table["layers"].items() if i in (w.layer_ids or [i])}
+                                         for i in range(cfg.num_layers))}
     return jax.tree.map(lambda w, s: jax.ShapeDtypeStruct(w.shape, dtype, sharding=s), table, shardings,
                         is_leaf=is_weight)
 
