@@ -31,7 +31,8 @@ def setup(tmp_path_factory):
 
 @pytest.mark.parametrize("criterion,quantile,max_rem,max_think", [
     pytest.param("lt", 0.5, 1, 1000, marks=pytest.mark.slow), pytest.param("lt", 0.7, 3, 1000, marks=pytest.mark.slow),
-    ("gt", 0.4, 1, 1000), pytest.param("gt", 0.3, 3, 1000, marks=pytest.mark.slow), ("lt", 0.6, 3, 14),
+    pytest.param("gt", 0.4, 1, 1000, marks=pytest.mark.slow), pytest.param("gt", 0.3, 3, 1000, marks=pytest.mark.slow),
+    ("lt", 0.6, 3, 14),
 ])
 def test_saferemind_equals_reference(setup, criterion, quantile, max_rem, max_think):
     lm, model, ents, boundary = setup
@@ -70,6 +71,7 @@ def test_reminder_longer_than_budget_is_truncated_not_overflowing(setup):
     assert out.tokens[0][out.reminder_steps[0][0]:] == list(range(100, 100 + 12 - out.reminder_steps[0][0]))
 
 
+@pytest.mark.slow
 def test_several_phrases_round_robin_and_random(setup):
     lm, _, _, boundary = setup
     phrases = [[100, 101], [110, 111, 112]]
@@ -87,6 +89,7 @@ def test_several_phrases_round_robin_and_random(setup):
     assert seen == {(100, 101), (110, 111)}
 
 
+@pytest.mark.slow
 def test_before_think_end_placement_replaces_the_sampled_close(setup):
     lm, _, _, _ = setup
     plain = lm.generate(PROMPTS[:1], max_new_tokens=8)
