@@ -80,7 +80,8 @@ def test_conditional_mode_is_decided_per_row(setup):
     assert (proj > threshold).any() and (proj <= threshold).any()
 
 
-@pytest.mark.parametrize("scan_layers", [False, pytest.param(True, marks=pytest.mark.slow)])
+@pytest.mark.slow
+@pytest.mark.parametrize("scan_layers", [False, True])
 def test_selfguard_plus_saferemind_in_one_call(setup, scan_layers):
     """Both layer layouts (scanned stacked params, unrolled per-layer params) against the PyTorch reference."""
     lm, model, vecs = setup
