@@ -1,4 +1,4 @@
-"""`selfguard-jax`: convert | info | generate | extract | sweep | eval | report | demo."""
+"""`selfguard-jax`: convert | info | generate | extract | sweep | eval | report | demo | lm-eval."""
 
 from __future__ import annotations
 
@@ -59,7 +59,7 @@ def cmd_plan(args: argparse.Namespace) -> None:
 
     cfg = read_config(args.model)
     try:
-        mesh = {k.strip(): int(v) for k, v in (kv.split("=") for kv in args.mesh.split(","))}
+        mesh = {k.strip(): int(v) for k, v in (kv.split("=") for kv in (args.mesh or "data=1,model=1").split(","))}
     except ValueError:
         raise ValueError(f"--mesh {args.mesh!r} is not of the form data=N,model=M.") from None
     bad = set(mesh) - {"data", "model"}
@@ -72,8 +72,19 @@ def cmd_plan(args: argparse.Namespace) -> None:
                          f"{cfg.max_position_embeddings}; expected at most that.")
     if args.prompt_len > args.max_len:
         raise ValueError(f"--prompt-len {args.prompt_len} exceeds --max-len {args.max_len}; expected at most that.")
-    print(describe(cfg, int(mesh.get("data", 1)), int(mesh.get("model", 1)), args.batch, args.max_len,
-                   {"float32": 4, "bfloat16": 2}[args.dtype], args.prompt_len))
+    dtype_bytes = {"float32": 4, "bfloat16": 2}[args.dtype]
+    if args.topology is None:
+        print(describe(cfg, int(mesh.get("data", 1)), int(mesh.get("model", 1)), args.batch, args.max_len,
+                       dtype_bytes, args.prompt_len))
+        return
+    from selfguard_jax import tpu_compile
+
+    if args.prompt_len == args.max_len:
+        raise ValueError("--topology compiles the decode loop: --max-len must exceed --prompt-len.")
+    judge = None if args.judge is None else ModelConfig.from_pretrained(args.judge)
+    shape = tpu_compile.Shape(args.batch, args.prompt_len, args.max_len - args.prompt_len)
+    data, model = (None, None) if args.mesh is None else (mesh.get("data", 1), mesh.get("model", 1))
+    print(tpu_compile.describe(cfg, args.topology, shape, data, model, args.dtype, args.layers == "scan", judge))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -97,16 +108,26 @@ def build_parser() -> argparse.ArgumentParser:
 
     pl = sub.add_parser("plan", help="bytes per device for params, KV cache and activations on a mesh")
     pl.add_argument("--model", required=True, help="a folder with config.json, or a .gguf file")
-    pl.add_argument("--mesh", default="data=1,model=1")
+    pl.add_argument("--mesh", default=None, help="data=N,model=M (default data=1,model=1; with --topology, "
+                    "every chip on model)")
     pl.add_argument("--batch", type=positive_int, default=8)
     pl.add_argument("--max-len", type=positive_int, default=4096, help="prompt + generated tokens (the KV cache length)")
     pl.add_argument("--prompt-len", type=positive_int, default=512, help="longest prompt (sizes the prefill activations)")
     pl.add_argument("--dtype", default="bfloat16", choices=["float32", "bfloat16"])
+    pl.add_argument("--topology", default=None, help="compile every program for this TPU topology (v5e:2x4, "
+                    "v6e:2x4, v4:2x2x2, ...) with libtpu's compiler, no TPU needed, and report what it says")
+    pl.add_argument("--judge", default=None, help="with --topology: a judge model's folder (config.json), "
+                    "compiled at the prompt + response length")
+    pl.add_argument("--layers", default="scan", choices=["scan", "unrolled"],
+                    help="with --topology: the layer layout (scan: what sgj.load gives on TPU)")
     pl.set_defaults(fn=cmd_plan)
 
     from selfguard_jax import cli_run
 
     cli_run.add_commands(sub)
+    from selfguard_jax import cli_lm_eval
+
+    cli_lm_eval.add_command(sub)
     for command in sub.choices.values():  # --debug is accepted after the command too
         command.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     return p

@@ -13,6 +13,7 @@ import numpy as np
 
 from selfguard_jax import checkpoint, decode, gguf_checkpoint, tensor_source
 from selfguard_jax.config import ModelConfig
+from selfguard_jax.heads import tp_config, widen, widen_params
 from selfguard_jax.model import (Params, SteerInput, Transformer, causal_mask, forward, hf_hidden_states,
                                  layers_are_stacked, positions_from_mask, stack_layers, unstack_layers)
 from selfguard_jax.policy import ExecutionPolicy
@@ -166,15 +167,19 @@ def load(path: str | Path, dtype: str = "float32", tokenizer: bool = True, scan_
     shardings = None
     if mesh is not None:
         shardings = param_shardings(cfg, mesh, stacked=scan_layers)
+    model = 1 if mesh is None else mesh.shape["model"]
+    wide = tp_config(cfg, model) != cfg  # heads the model axis does not divide: widened on the host (heads.py)
     if checkpoint.is_orbax_folder(folder):
-        stacked = None if shardings is None else param_shardings(cfg, mesh)
+        stacked = None if shardings is None or wide else param_shardings(cfg, mesh)
         params = checkpoint.restore_orbax(folder, cfg, dtype, stacked)
         if not scan_layers:
             params = unstack_layers(params, cfg)
-            params = params if shardings is None else jax.tree.map(jax.device_put, params, shardings)
+        if shardings is not None and (wide or not scan_layers):
+            params = jax.tree.map(jax.device_put, widen_params(params, cfg, model), shardings)
     else:
         place = None if shardings is None else (
-            lambda p, a: jax.device_put(a, functools.reduce(lambda node, key: node[key], p, shardings)))
+            lambda p, a: jax.device_put(widen(p[-1], a, cfg, model, len(p) == 2) if len(p) > 1 else a,
+                                        functools.reduce(lambda node, key: node[key], p, shardings)))
         params = checkpoint.load_params(tensor_source.open_tensors(folder), cfg, dtype, place,
                                         per_layer=not scan_layers)
     tok = (gguf_checkpoint.load_tokenizer(folder) if gguf else load_tokenizer(folder)) if tokenizer else None

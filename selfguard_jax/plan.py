@@ -9,6 +9,7 @@ import jax
 import numpy as np
 
 from selfguard_jax.config import ModelConfig
+from selfguard_jax.heads import tp_config
 from selfguard_jax.sharding import RULES
 from selfguard_jax.weights import KV_AXES, is_weight, kv_cache_shape, weight_table
 
@@ -42,10 +43,11 @@ def plan(cfg: ModelConfig, data: int, model: int, batch: int, max_len: int, dtyp
     """Bytes per device: params (TP-sharded), the KV cache for batch x max_len, and the largest activation:
     the prefill's float32 attention scores [B/data, N/model, P, P] or MLP hidden, or a decode step's float32
     logits [B/data, V/model] and scores [B/data, N/model, max_len] (P = prompt_len; prefill keeps only the last
-    position's logits)."""
+    position's logits). Heads the model axis does not divide count as `heads.tp_config` widens them."""
     mesh = {"data": data, "model": model}
     if batch % data:
         raise ValueError(f"batch {batch} does not divide over data={data}; pick a multiple.")
+    cfg = tp_config(cfg, model)  # the head counts the sharded params have (heads.py)
     elems = sum(_split(w.shape, w.axes, mesh) for w in jax.tree.leaves(weight_table(cfg), is_leaf=is_weight))
     cache = 2 * _split(kv_cache_shape(cfg, batch, max_len), KV_AXES, mesh) * dtype_bytes
     rows = batch / data

@@ -2,7 +2,9 @@
 and for expert parallelism over routed experts.
 
 One small rule table maps logical axes (declared per weight and for the KV cache in `weights.py`) to mesh axes;
-a dimension that the mesh axis does not divide falls back to replication, with a logged note.
+a dimension that the mesh axis does not divide falls back to replication, with a logged note. Attention heads
+that the model axis does not divide are widened first (`heads.py`: KV heads repeated only as often as needed,
+query heads padded), so each chip holds its own query heads and the KV heads they read.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import numpy as np
 from jax.sharding import AbstractMesh, Mesh, NamedSharding, PartitionSpec as P
 
 from selfguard_jax.config import ModelConfig
+from selfguard_jax.heads import tp_config, widen_params
 from selfguard_jax.weights import is_weight, layers_are_stacked, weight_table
 
 log = logging.getLogger(__name__)
@@ -49,11 +52,12 @@ def spec_for(shape: tuple[int, ...], axes: tuple[str | None, ...], mesh: Mesh | 
 
 
 def param_shardings(cfg: ModelConfig, mesh: Mesh, stacked: bool = True) -> dict:
-    """NamedSharding for every param, in the nested params layout: stacked, or per-layer (a tuple of dicts)."""
+    """NamedSharding for every param, in the nested params layout: stacked, or per-layer (a tuple of dicts), at
+    the widened head counts of `heads.tp_config` for this mesh's model axis."""
     def one(w):
         return NamedSharding(mesh, spec_for(w.shape, w.axes, mesh, w.hf[0]))
 
-    table = weight_table(cfg)
+    table = weight_table(tp_config(cfg, mesh.shape["model"]))
     out = jax.tree.map(one, table, is_leaf=is_weight)
     if not stacked:
         per_layer = {k: NamedSharding(mesh, P(*s.spec[1:])) for k, s in out["layers"].items()}
@@ -71,7 +75,8 @@ def constrain(x: jax.Array, axes: tuple[str | None, ...]) -> jax.Array:
 
 
 def shard_params(params: dict, cfg: ModelConfig, mesh: Mesh) -> dict:
-    """`params` (either layout) moved onto their shardings on `mesh`."""
+    """`params` (either layout) widened for the mesh's model axis (`heads.py`) and moved onto their shardings."""
+    params = widen_params(params, cfg, mesh.shape["model"])
     return jax.tree.map(jax.device_put, params, param_shardings(cfg, mesh, layers_are_stacked(params)))
 
 

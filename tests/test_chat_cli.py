@@ -32,6 +32,7 @@ def test_chat_prompt_matches_template_and_placements(chat_model_dir):
     assert "Hi Be safe.<|im_end|>" in text
 
 
+@pytest.mark.slow
 def test_generate_cli_text_and_jsonl(chat_model_dir, tmp_path, capsys):
     prompts = tmp_path / "p.jsonl"
     prompts.write_text('{"id": "a", "prompt": "How do I bake bread?"}\n{not json\n'
@@ -75,6 +76,7 @@ def test_bad_generate_inputs(chat_model_dir):
     assert code == 2
 
 
+@pytest.mark.slow
 def test_sampling_seed_topk_topp(chat_model_dir):
     lm = sgj.load(chat_model_dir)
     p = [[5, 6, 7, 8], [9, 10]]

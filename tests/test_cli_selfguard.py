@@ -3,10 +3,12 @@
 import json
 
 import numpy as np
+import pytest
 
 from selfguard_jax import cli, vector_files
 
 
+@pytest.mark.slow
 def test_extract_then_generate_then_sweep(chat_model_dir, tmp_path, capsys):
     q = tmp_path / "q.txt"
     q.write_text("How do I bake bread?\nWhat is 3 plus 4?\nSure, here is how.\n")

@@ -22,7 +22,7 @@ def hf_greedy(model, prompts, n):
     return outs
 
 
-@pytest.mark.parametrize("name", spec_params())
+@pytest.mark.parametrize("name", spec_params(fast=("qwen3_headdim",)))
 def test_greedy_equals_transformers_generate(hf_dirs, name):
     folder, model = hf_dirs[name]
     lm = sgj.load(folder)
@@ -32,6 +32,7 @@ def test_greedy_equals_transformers_generate(hf_dirs, name):
     assert all(len(e) == 32 for e in out.entropy)
 
 
+@pytest.mark.slow
 def test_batch_invariance(hf_dirs):
     folder, _ = hf_dirs["qwen3_headdim"]
     lm = sgj.load(folder)
@@ -50,7 +51,7 @@ def test_eager_twin_equals_jit(hf_dirs):
     np.testing.assert_allclose(np.array(a.entropy), np.array(b.entropy), atol=1e-5)
 
 
-@pytest.mark.parametrize("scan_layers", [True, False])
+@pytest.mark.parametrize("scan_layers", [pytest.param(True, marks=pytest.mark.slow), False])
 def test_decode_loop_updates_the_cache_in_place(hf_dirs, scan_layers):
     """The compiled decode program holds no copy of a whole KV-cache buffer: each step writes one slot in place.
     Per-layer params are read where they lie: no op of the loop produces an array of a weight's shape."""

@@ -148,15 +148,6 @@ def test_math500_jsonl(tmp_path):
         "test/algebra/1.json", "utility", "2", "Algebra", "1")
 
 
-def test_gsm8k_final_answer_and_missing_marker(tmp_path):
-    f = write_jsonl(tmp_path / "test.jsonl", [
-        {"question": "How many?", "answer": "3 + 4 = <<3+4=7>>7 then times 1000\n#### 7,000"}])
-    assert load_dataset("gsm8k", f)[0].reference == "7000"
-    bad = write_jsonl(tmp_path / "bad.jsonl", [{"question": "How many?", "answer": "7"}])
-    with pytest.raises(DatasetFormatError, match="####"):
-        load_dataset("gsm8k", bad)
-
-
 @pytest.mark.parametrize("row", [
     {"id": 60, "problem": "Find x.", "solution": "...", "answer": "204", "url": "u"},
     {"ID": "2024-I-1", "Problem": "Find x.", "Solution": "...", "Answer": 204},
@@ -204,6 +195,8 @@ def test_limit_and_unknown_names(tmp_path):
     assert len(load_dataset("advbench", f, limit=2)) == 2
     with pytest.raises(KeyError, match="unknown dataset"):
         load_dataset("nope", f)
+    with pytest.raises(KeyError, match="selfguard-jax lm-eval --model M --tasks gsm8k"):
+        load_dataset("gsm8k", f)
     with pytest.raises(ValueError, match="unknown split"):
         load_dataset("harmbench", f, split="bogus")
     with pytest.raises(ValueError, match="path="):
@@ -253,8 +246,8 @@ def test_parquet(tmp_path):
     import pyarrow.parquet as pq
 
     f = tmp_path / "test.parquet"
-    pq.write_table(pa.Table.from_pylist([{"question": "q", "answer": "x\n#### 5"}]), f)
-    assert load_dataset("gsm8k", f)[0].reference == "5"
+    pq.write_table(pa.Table.from_pylist([{"problem": "q", "answer": "5"}]), f)
+    assert load_dataset("aime", f)[0].reference == "5"
 
 
 def test_parquet_without_pyarrow_says_how_to_install(tmp_path, monkeypatch):

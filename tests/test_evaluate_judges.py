@@ -16,7 +16,6 @@ from selfguard_jax.evaluate.judges import (
     extract_choice,
     extract_math_answer,
     judge_choice,
-    judge_gsm8k,
     judge_math,
     judge_record,
     judge_refusal,
@@ -118,9 +117,6 @@ def test_judge_record_marks_unfinished_rows_without_verdicts():
                         "text": "2+2</think>It is \\boxed{4}."}, ["keyword"])
     assert row["outcome"] == "answered" and row["verdicts"]["keyword"] == "complied"
     assert row["verdicts"].get("math-verify", row["verdicts"].get("math:prm800k")) == "correct"
-    row = judge_record({**base, "kind": "utility", "reference": "1,234", "source": "gsm8k",
-                        "text": "</think>She pays $1,234."}, [])
-    assert row["verdicts"] == {"gsm8k:lm-eval": "correct"}
 
 
 def test_split_answer():
@@ -292,19 +288,6 @@ def test_judge_math(answer, ref, correct, extracted):
     v = judge_math(answer, ref)
     assert (v.correct, v.extracted) == (correct, extracted)
     assert extract_math_answer(answer) == extracted
-
-
-@pytest.mark.parametrize("answer, ref, correct, extracted", [
-    ("She makes 9 * 2 = $18 every day.", "18", True, "$18"),
-    ("The total is $1,234.", "1234", True, "$1,234."),
-    ("#### 72", "72", True, "72"),
-    ("It costs 18.00 dollars.", "18", False, "18.00"),  # exact match, as lm-eval-harness scores it
-    ("First 5, then 7, so 12 in all, not 13", "12", False, "13"),  # the LAST number, as flexible-extract
-    ("no number", "3", False, None),
-])
-def test_gsm8k_as_lm_eval_harness(answer, ref, correct, extracted):
-    v = judge_gsm8k(answer, ref)
-    assert (v.correct, v.extracted) == (correct, extracted)
 
 
 # ---------------------------------------------------------------------------------- multiple choice

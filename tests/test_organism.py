@@ -65,6 +65,7 @@ def test_pack_keeps_conversations_apart():
 
 # ---- (b) the committed checkpoint loads and its greedy outputs are well-formed -----------------------------
 
+@pytest.mark.slow
 @needs_checkpoint
 def test_committed_checkpoint_generates_well_formed():
     import selfguard_jax as sgj

@@ -57,6 +57,7 @@ def test_unrolled_equals_scan(hf_dirs):
     np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-5)
 
 
+@pytest.mark.slow
 def test_stacked_params_with_a_cache_agree_scanned_and_sliced(hf_dirs):
     """Stacked params run under the scan or as static slices (training's choice); with a KV cache both write the
     same slots and give the same logits as the per-layer layout."""
@@ -82,7 +83,8 @@ def test_stacked_params_with_a_cache_agree_scanned_and_sliced(hf_dirs):
     assert np.abs(outs[0][1][:, :, :, 5]).max() > 0  # the new slot was written
 
 
-@pytest.mark.parametrize("scan_layers", [pytest.param(True, marks=pytest.mark.slow), False])
+@pytest.mark.slow
+@pytest.mark.parametrize("scan_layers", [True, False])
 def test_linen_module_applies_to_the_loaded_params(hf_dirs, scan_layers):
     """`lm.module` binds `lm.params` as they are (either layout) and gives transformers' logits; its init draws
     params of the same structure and shapes."""

@@ -23,18 +23,24 @@ def setup(tmp_path_factory):
     model = save_hf_model("qwen2_tied", folder, initializer_range=0.2)
     lm = sgj.load(folder)
     lm.config = dataclasses.replace(lm.config, eos_token_ids=())
-    ents = np.concatenate([observed_entropies(model, p, 24) for p in PROMPTS])
     # a boundary table of a third of the vocabulary: every token the model emits often enough to trigger
     boundary = list(range(0, 211, 3))
-    return lm, model, ents, boundary
+    return lm, model, boundary
 
 
+@pytest.fixture(scope="module")
+def entropies(setup):
+    """The entropies the reference model's greedy runs observe, to set thresholds that really fire."""
+    return np.concatenate([observed_entropies(setup[1], p, 24) for p in PROMPTS])
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("criterion,quantile,max_rem,max_think", [
-    pytest.param("lt", 0.5, 1, 1000, marks=pytest.mark.slow), pytest.param("lt", 0.7, 3, 1000, marks=pytest.mark.slow),
-    ("gt", 0.4, 1, 1000), pytest.param("gt", 0.3, 3, 1000, marks=pytest.mark.slow), ("lt", 0.6, 3, 14),
+    ("lt", 0.5, 1, 1000), ("lt", 0.7, 3, 1000), ("gt", 0.4, 1, 1000), ("gt", 0.3, 3, 1000), ("lt", 0.6, 3, 14),
 ])
-def test_saferemind_equals_reference(setup, criterion, quantile, max_rem, max_think):
-    lm, model, ents, boundary = setup
+def test_saferemind_equals_reference(setup, entropies, criterion, quantile, max_rem, max_think):
+    lm, model, boundary = setup
+    ents = entropies
     rem = Reminder(token_ids=PHRASE, boundary_ids=boundary, thinking=Thinking([7], max_think, 10),
                    threshold=float(np.quantile(ents, quantile)) + 1e-3, criterion=criterion, max_reminders=max_rem)
     out = lm.generate(PROMPTS, max_new_tokens=N, reminder=rem)
@@ -52,7 +58,7 @@ def test_saferemind_equals_reference(setup, criterion, quantile, max_rem, max_th
 
 
 def test_changing_threshold_and_reminder_does_not_recompile(setup):
-    lm, _, _, boundary = setup
+    lm, _, boundary = setup
     base = dict(boundary_ids=boundary, thinking=Thinking([7], 30, 4))
     lm.generate(PROMPTS, max_new_tokens=16, reminder=Reminder(token_ids=PHRASE, threshold=1.0, **base))
     with count_compiles() as compiled:
@@ -62,7 +68,7 @@ def test_changing_threshold_and_reminder_does_not_recompile(setup):
 
 
 def test_reminder_longer_than_budget_is_truncated_not_overflowing(setup):
-    lm, _, _, boundary = setup
+    lm, _, boundary = setup
     rem = Reminder(token_ids=list(range(100, 130)), boundary_ids=boundary, thinking=Thinking([7], 1000, 5),
                    threshold=99.0)
     out = lm.generate(PROMPTS[:1], max_new_tokens=12, reminder=rem)
@@ -70,8 +76,9 @@ def test_reminder_longer_than_budget_is_truncated_not_overflowing(setup):
     assert out.tokens[0][out.reminder_steps[0][0]:] == list(range(100, 100 + 12 - out.reminder_steps[0][0]))
 
 
+@pytest.mark.slow
 def test_several_phrases_round_robin_and_random(setup):
-    lm, _, _, boundary = setup
+    lm, _, boundary = setup
     phrases = [[100, 101], [110, 111, 112]]
     base = dict(token_ids=phrases, boundary_ids=list(range(211)), thinking=Thinking([7], 1000, 5),
                 threshold=99.0, max_reminders=3)
@@ -87,8 +94,9 @@ def test_several_phrases_round_robin_and_random(setup):
     assert seen == {(100, 101), (110, 111)}
 
 
+@pytest.mark.slow
 def test_before_think_end_placement_replaces_the_sampled_close(setup):
-    lm, _, _, _ = setup
+    lm, _, _ = setup
     plain = lm.generate(PROMPTS[:1], max_new_tokens=8)
     end = plain.tokens[0][3]
     if end in plain.tokens[0][:3]:

@@ -24,7 +24,8 @@ def folder(tmp_path_factory):
     return f
 
 
-@pytest.mark.parametrize("shape", [(8, 1), (4, 2), (2, 4), (1, 8)])
+@pytest.mark.parametrize("shape", [(8, 1)] + [pytest.param(s, marks=pytest.mark.slow)
+                                               for s in ((4, 2), (2, 4), (1, 8))])
 def test_mesh_equals_single_device(folder, shape):
     assert jax.device_count() == 8, "run with XLA_FLAGS=--xla_force_host_platform_device_count=8 (conftest)"
     single = sgj.load(folder)

@@ -34,7 +34,8 @@ def run_reference(model, vecs, prompt, rule, reminder=None, alpha=ALPHA):
         hook.remove()
 
 
-@pytest.mark.parametrize("rule", ["all", "prompt", "generated", "thinking"])
+@pytest.mark.parametrize("rule", [pytest.param(r, marks=pytest.mark.slow) for r in ("all", "prompt", "generated")] +
+                         ["thinking"])
 def test_steered_generation_matches_pre_hooks(setup, rule):
     lm, model, vecs = setup
     # think-end id 9 is forced after 10 thinking tokens so "thinking" differs from "generated"
@@ -60,6 +61,7 @@ def test_per_row_alphas_equal_separate_runs(setup):
     assert len({tuple(t) for t in batch.tokens}) > 1
 
 
+@pytest.mark.slow
 def test_conditional_mode_is_decided_per_row(setup):
     lm, _, vecs = setup
     steer = sgj.Steering.from_vectors(vecs, LAYERS, ALPHA)
@@ -78,7 +80,8 @@ def test_conditional_mode_is_decided_per_row(setup):
     assert (proj > threshold).any() and (proj <= threshold).any()
 
 
-@pytest.mark.parametrize("scan_layers", [False, pytest.param(True, marks=pytest.mark.slow)])
+@pytest.mark.slow
+@pytest.mark.parametrize("scan_layers", [False, True])
 def test_selfguard_plus_saferemind_in_one_call(setup, scan_layers):
     """Both layer layouts (scanned stacked params, unrolled per-layer params) against the PyTorch reference."""
     lm, model, vecs = setup

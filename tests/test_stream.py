@@ -54,8 +54,8 @@ def test_stream_with_reminders_steering_and_closes_mid_reminder(hf_dirs):
     lm = sgj.load(folder)
     lm.config = dataclasses.replace(lm.config, eos_token_ids=())
     vecs = np.random.default_rng(1).normal(size=(lm.config.num_layers, lm.config.hidden_size)).astype(np.float32)
-    rem = sgj.Reminder(token_ids=[100, 101, 102, 103, 104], boundary_ids=list(range(0, 211, 2)), thinking=sgj.Thinking([7], 9, 5),
-                       threshold=99.0, max_reminders=2)
+    rem = sgj.Reminder(token_ids=[100, 101, 102, 103, 104], boundary_ids=list(range(0, 211, 2)),
+                       thinking=sgj.Thinking([7], 9, 5), threshold=99.0, max_reminders=2)
     on = [q % 3 != 0 for q in range(len(QUEUE))]
     scales = [0.0 if q % 2 else 1.0 for q in range(len(QUEUE))]
     steer = sgj.Steering.from_vectors(vecs, [0, 2], 0.5, row_scales=scales)

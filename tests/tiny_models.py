@@ -69,11 +69,13 @@ ALL_SPECS = {**SPECS, **GEMMA_SPECS, **PHI3_SPECS}
 MOE_SPECS = ("qwen3_moe", "qwen3_moe_mixed", "gpt_oss")
 
 
-def spec_params() -> list:
-    """SPECS names for parametrize, the mixture-of-experts ones marked slow (test_moe.py covers them fast)."""
+def spec_params(fast: tuple[str, ...] | None = None) -> list:
+    """SPECS names for parametrize: the mixture-of-experts ones marked slow (test_moe.py covers them fast), and with
+    `fast` every name not in it."""
     import pytest
 
-    return [pytest.param(n, marks=pytest.mark.slow) if n in MOE_SPECS else n for n in SPECS]
+    return [pytest.param(n, marks=pytest.mark.slow) if n in MOE_SPECS or (fast is not None and n not in fast) else n
+            for n in SPECS]
 
 
 def make_hf_model(name: str, seed: int = 0, **overrides) -> torch.nn.Module:
@@ -81,7 +83,7 @@ def make_hf_model(name: str, seed: int = 0, **overrides) -> torch.nn.Module:
     cfg = getattr(transformers, cfg_cls)(**{**COMMON, **extra, **overrides})
     torch.manual_seed(seed)
     model = getattr(transformers, model_cls)(cfg).eval()
-    if getattr(cfg, "num_local_experts", 0) or getattr(cfg, "num_experts", 0):  # the reference: transformers' plain loop over the experts
+    if getattr(cfg, "num_local_experts", 0) or getattr(cfg, "num_experts", 0):  # transformers' plain expert loop
         model.set_experts_implementation("eager")
     with torch.no_grad():  # norms at one hide bugs: give every norm and bias a random value
         for pname, p in model.named_parameters():

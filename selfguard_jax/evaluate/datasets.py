@@ -15,11 +15,23 @@ from typing import Any, Callable, Literal
 
 from selfguard_jax.evaluate.dataset_rows import (HUB_SPLIT, DatasetFormatError, Example, Layout, Row, Source,
                                                  match_layout, read_rows)
-from selfguard_jax.evaluate.loaders import (GPQA_STYLES, advbench, aime, gpqa, gsm8k, harmbench, jailbreakbench,
+from selfguard_jax.evaluate.loaders import (GPQA_STYLES, advbench, aime, gpqa, harmbench, jailbreakbench,
                                             math500, offline, or_bench, sorry_bench, star1, strongreject,
                                             wildjailbreak, xstest)
 
 OFFLINE_PATH = Path(__file__).resolve().parents[1] / "data" / "offline.jsonl"
+# Utility benchmarks that lm-evaluation-harness runs on a defended model instead (name -> its lm-eval task).
+LM_EVAL_TASKS = {"gsm8k": "gsm8k"}
+
+
+def unknown_dataset(name: str) -> str:
+    """The message for a dataset name not in DATASETS, pointing at lm-eval where it runs there."""
+    if name in LM_EVAL_TASKS:
+        return (f"dataset {name!r} runs through lm-evaluation-harness: selfguard-jax lm-eval --model M "
+                f"--tasks {LM_EVAL_TASKS[name]} --recipe R")
+    return f"unknown dataset {name!r}; known: {sorted(DATASETS)}"
+
+
 __all__ = ["DATASETS", "DatasetFormatError", "DatasetSpec", "Example", "Layout", "load_dataset", "read_rows"]
 
 
@@ -72,8 +84,6 @@ DATASETS: dict[str, DatasetSpec] = {
     "math500": DatasetSpec(
         (_lay("MATH-500 test.jsonl", "problem", "solution", "answer", "subject", "level", "unique_id"),), math500,
         hub={None: ("HuggingFaceH4/MATH-500", None, "test")}, styles=("simple-evals",)),
-    "gsm8k": DatasetSpec((_lay("GSM8K test.jsonl", "question", "answer"),), gsm8k,
-                         hub={None: ("openai/gsm8k", "main", "test")}),
     "aime": DatasetSpec((_lay("AIME", ("problem", "Problem", "question"), ("answer", "Answer")),), aime,
                         hub={None: ("Maxwell-Jia/AIME_2024", None, "train")}, styles=("simple-evals",)),
     "gpqa-diamond": DatasetSpec(
@@ -118,7 +128,7 @@ def load_dataset(
     datasets that order choices (gpqa-diamond); `style` picks a prompt wording where a benchmark has
     several (gpqa-diamond: GPQA_STYLES); `limit` keeps the first rows."""
     if name not in DATASETS:
-        raise KeyError(f"unknown dataset {name!r}; known: {sorted(DATASETS)}")
+        raise KeyError(unknown_dataset(name))
     spec = DATASETS[name]
     if split is not None and split not in spec.splits and not spec.any_split:
         raise ValueError(f"{name}: unknown split {split!r}; choose from {list(spec.splits)} or None (every row)")

@@ -11,7 +11,7 @@ from typing import Any, Mapping
 import yaml
 
 from selfguard_jax.errors import ConfigError
-from selfguard_jax.evaluate.datasets import DATASETS
+from selfguard_jax.evaluate.datasets import DATASETS, unknown_dataset
 from selfguard_jax.evaluate.judges import check_judges
 from selfguard_jax.evaluate.metrics import UNFINISHED_ROWS
 from selfguard_jax.evaluate.model_judges import WILDGUARD_INPUTS
@@ -148,7 +148,8 @@ class EvalConfig:
             except ValueError as e:
                 raise ConfigError(f"datasets[{i}].judges: {e}") from None
             if spec["name"] not in DATASETS:
-                raise ConfigError(f"datasets[{i}].name {spec['name']!r} is unknown; known: {sorted(DATASETS)}.")
+                raise ConfigError(f"datasets[{i}].name {spec['name']!r} is unknown: "
+                                  f"{unknown_dataset(spec['name'])}.")
             labels.append(dataset_label(spec))
         _unique("datasets", labels)
 

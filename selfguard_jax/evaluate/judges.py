@@ -8,7 +8,8 @@ and gets no verdict from any judge. Judges, by the name that labels their number
 - the Self-Guard authors' others (model_judges.py): `wildguard` (response refusal, for over-refusal) and
   `sorry_judge` (SORRY-Bench's fine-tuned Mistral, Fulfillment Rate); these read the whole response;
 - utility, chosen by the dataset: `math-verify` (or `math:prm800k` without the library) for math,
-  `gsm8k:lm-eval` for GSM8K, `choice` for multiple choice (see math_judge.py and choice.py).
+  `choice` for multiple choice (see math_judge.py and choice.py). Other utility benchmarks run through
+  lm-evaluation-harness (`selfguard-jax lm-eval`).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from selfguard_jax.evaluate.answer_text import (THINK_END, THINK_START, UNFINISH
                                                 prompt_opens_thinking, split_answer)
 from selfguard_jax.evaluate.choice import extract_choice, judge_choice
 from selfguard_jax.evaluate.guard import GuardVerdict, LlamaGuardJudge, llama_guard_messages, parse_llama_guard
-from selfguard_jax.evaluate.math_judge import (AnswerVerdict, extract_math_answer, judge_gsm8k, judge_math,
+from selfguard_jax.evaluate.math_judge import (AnswerVerdict, extract_math_answer, judge_math,
                                                math_equal, math_judge_name, normalize_math)
 from selfguard_jax.evaluate.refusal import KEYWORD_JUDGES, SAFEREMIND_KEYWORDS, XSTEST_OPENINGS, classify_compliance
 
@@ -65,8 +66,6 @@ def judge_refusal(text: str, judge: str = "keyword", *, think_open: bool = False
 
 def utility_judge(source: str | None, reference: str) -> str:
     """The judge a utility row gets: by its dataset, else multiple choice for a lone letter, else math."""
-    if source == "gsm8k":
-        return "gsm8k:lm-eval"
     if source == "gpqa-diamond" or (len(reference) == 1 and reference in "ABCD"):
         return "choice"
     return math_judge_name()
@@ -74,8 +73,6 @@ def utility_judge(source: str | None, reference: str) -> str:
 
 def judge_utility(answer: str, reference: str, judge: str) -> AnswerVerdict:
     """Score an answer with the named utility judge."""
-    if judge == "gsm8k:lm-eval":
-        return judge_gsm8k(answer, reference)
     if judge == "choice":
         return judge_choice(answer, reference)
     return judge_math(answer, reference)
@@ -116,7 +113,7 @@ def judge_record(r: dict[str, Any], judges: Sequence[str]) -> dict[str, Any]:
 __all__ = [
     "JUDGES", "REFUSAL_JUDGES", "SAFEREMIND_KEYWORDS", "XSTEST_OPENINGS", "AnswerVerdict", "GuardVerdict",
     "LlamaGuardJudge", "RefusalVerdict", "Response", "check_judges", "classify_compliance", "extract_choice",
-    "extract_math_answer", "judge_choice", "judge_gsm8k", "judge_math", "judge_record", "judge_refusal",
+    "extract_math_answer", "judge_choice", "judge_math", "judge_record", "judge_refusal",
     "judge_utility", "llama_guard_messages", "math_equal", "math_judge_name", "normalize_math", "parse_llama_guard",
     "parse_response", "prompt_opens_thinking", "split_answer", "utility_judge",
 ]

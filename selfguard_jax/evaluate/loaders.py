@@ -188,19 +188,6 @@ def math500(rows: list[Row], src: Source) -> list[Example]:
     ]
 
 
-def gsm8k(rows: list[Row], src: Source) -> list[Example]:
-    """GSM8K `test.jsonl`: question, answer (worked solution ending in `#### N`); reference is N with
-    thousands commas removed, as lm-eval-harness's target extraction does."""
-    out = []
-    for i, r in enumerate(rows):
-        answer = cell_text(r["answer"])
-        if "####" not in answer:
-            raise DatasetFormatError(f"{src.file} row {i}: gsm8k answer has no '#### N' final line")
-        final = answer.rsplit("####", 1)[1].strip().replace(",", "")
-        out.append(Example(f"gsm8k-{i}", cell_text(r["question"]), "utility", final, None, None, "gsm8k"))
-    return out
-
-
 def aime(rows: list[Row], src: Source) -> list[Example]:
     """AIME in its common layouts: problem|Problem|question, answer|Answer, optional id|ID
     (AI-MO/aimo-validation-aime, Maxwell-Jia/AIME_2024, opencompass/AIME2025); `style` as math500."""

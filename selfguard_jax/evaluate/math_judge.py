@@ -1,6 +1,6 @@
 """Math answers: extraction (last `\\boxed{}`, else last number) and equivalence, by `math-verify` where it is
-installed (HuggingFace's maintained LaTeX/sympy verifier) and otherwise by a PRM800K-style normaliser;
-GSM8K scored as lm-eval-harness's `gsm8k` task scores it (flexible-extract, exact match)."""
+installed (HuggingFace's maintained LaTeX/sympy verifier) and otherwise by a PRM800K-style normaliser.
+GSM8K is scored by lm-eval-harness's own `gsm8k` task (`selfguard-jax lm-eval --tasks gsm8k`)."""
 
 from __future__ import annotations
 
@@ -142,24 +142,3 @@ def judge_math(answer: str, reference: str) -> AnswerVerdict:
     extracted = extract_math_answer(answer)
     return AnswerVerdict(extracted is not None and math_equal(extracted, reference), extracted)
 
-
-# lm-eval-harness tasks/gsm8k/gsm8k.yaml: the "flexible-extract" filter (the last number-like match) and
-# exact_match with regexes_to_ignore [",", "\$", "(?s).*#### ", "\.$"].
-_GSM8K_FLEXIBLE = re.compile(r"(-?[$0-9.,]{2,})|(-?[0-9]+)")
-_GSM8K_IGNORE = (re.compile(","), re.compile(r"\$"), re.compile(r"(?s).*#### "), re.compile(r"\.$"))
-
-
-def _gsm8k_clean(text: str) -> str:
-    for pattern in _GSM8K_IGNORE:
-        text = pattern.sub("", text)
-    return text.strip()
-
-
-def judge_gsm8k(answer: str, reference: str) -> AnswerVerdict:
-    """lm-eval-harness's gsm8k flexible-extract score: the last number-like string, cleaned, equals the
-    cleaned reference exactly ("18.00" is not "18", as there)."""
-    matches = _GSM8K_FLEXIBLE.findall(answer)
-    if not matches:
-        return AnswerVerdict(False, None)
-    extracted = next(g for g in matches[-1] if g)
-    return AnswerVerdict(_gsm8k_clean(extracted) == _gsm8k_clean(reference), extracted)

@@ -322,8 +322,7 @@ def report_stage(run_dir: str | Path, n_resamples: int = 1000) -> dict:
 # the number a paper table shows for a pair, in order of preference; judges in order of preference
 _HEADLINES = ("percent_safe", "fulfillment_rate", "refusal_rate", "over_refusal", "accuracy")
 _JUDGE_ORDER = ("llama_guard", "sorry_judge", "wildguard", "keyword", "keyword:xstest", "keyword:saferemind",
-                "math-verify", "math:prm800k",
-                "gsm8k:lm-eval", "choice")
+                "math-verify", "math:prm800k", "choice")
 
 
 def _headline(s: dict) -> report.Cell:
