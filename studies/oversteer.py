@@ -24,6 +24,7 @@ import numpy as np
 from selfguard_jax import extract, lm as lm_mod
 from selfguard_jax.recipes import get_recipe
 from selfguard_jax.selfguard import extract_selfguard
+from selfguard_jax.spec import GenerationSpec
 from selfguard_jax.sweep import run_sweep
 
 PEER = Path("/work/shared/peer-data/datasets")
@@ -91,8 +92,8 @@ def main() -> None:
     for layers in layer_sets:
         unit = extract.oversteer_report(vectors, layers, 1.0, norms).summed_ratio
         alphas = [round(r / unit, 4) for r in ratios]
-        results = run_sweep(lm, vectors, [layers], alphas, h_ids, b_ids, args.max_new_tokens, batch_size=16,
-                            residual_norms=norms, stop_ids=list(lm.config.eos_token_ids))
+        spec = GenerationSpec(max_new_tokens=args.max_new_tokens, stop_ids=tuple(lm.config.eos_token_ids))
+        results = run_sweep(lm, vectors, [layers], alphas, h_ids, b_ids, spec, batch_size=16, residual_norms=norms)
         for r in results:
             rep = extract.oversteer_report(vectors, layers, r["alpha"], norms) if r["alpha"] else None
             nll = []

@@ -141,7 +141,7 @@ def test_named_markers_on_smollm2(smol_tok):
     run = get_recipe("saferemind", think_markers=("", "Answer:"), max_think_tokens=8,
                      max_answer_tokens=4).spec(smol_tok)
     end = chat.token_ids(smol_tok, "Answer:")
-    assert list(run.thinking.end_ids) == end and run.reminder.thinking is run.thinking
+    assert list(run.thinking.end_ids) == end and run.reminder.thinking == run.thinking
     for bad in ("</think>", "<think>,", "a,b,c"):
         with pytest.raises(ValueError, match="expected 'auto', 'none' or 'START,END'"):
             chat.parse_think_markers(bad)
@@ -244,7 +244,8 @@ def test_sweep_writes_generations(tmp_path):
     v[1, 0] = v[2, 0] = 10.0
     norms = np.full(4, 10.0)
     with pytest.warns(extract.OversteerWarning):
-        results = run_sweep(lm, v, [[1, 2]], [0.0, 1.0], harmful, benign, 8, residual_norms=norms)
+        results = run_sweep(lm, v, [[1, 2]], [0.0, 1.0], harmful, benign, sgj.GenerationSpec(max_new_tokens=8),
+                            residual_norms=norms)
     assert [r["summed_ratio"] for r in results] == [0.0, pytest.approx(2.0)]
     assert [r["oversteered"] for r in results] == [False, True]
     paths = write_sweep(results, tmp_path)
