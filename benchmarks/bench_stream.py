@@ -52,11 +52,11 @@ def step_time_vs_filled(lm, batch: int, prompt_len: int, cache_len: int, points:
     cfg = lm.config
     ids = jnp.ones((batch, prompt_len), jnp.int32)
     S = cache_length(cache_len)
-    _, prefilled = prefill(lm.params, cfg, ids, jnp.ones_like(ids), cache_len=S, scan_layers=lm.scan_layers)
     rows = []
     for filled in (True, False):
+        _, cache = prefill(lm.params, cfg, ids, jnp.ones_like(ids), cache_len=S, scan_layers=lm.scan_layers)
         layout = lm.policy.cache_layout if filled else "dense"  # the policy's cache, as the stream cuts it
-        cache = prefilled.layout(layout, lm.policy.row_groups(batch))
+        cache = cache.layout(layout, lm.policy.row_groups(batch))  # donated below: a fresh prefill per layout
         step = jax.jit(lambda c, valid, n: decode_step(
             lm.params, cfg, ids[:, 0], jnp.full((batch,), prompt_len), valid, c, n - 1,
             attend_len_B=jnp.full((batch,), n), scan_layers=lm.scan_layers)[1], donate_argnums=0)
