@@ -81,7 +81,7 @@ def cmd_plan(args: argparse.Namespace) -> None:
 
     if args.prompt_len == args.max_len:
         raise ValueError("--topology compiles the decode loop: --max-len must exceed --prompt-len.")
-    judge = None if args.judge is None else ModelConfig.from_pretrained(args.judge)
+    judge = None if args.judge is None else read_config(args.judge)
     shape = tpu_compile.Shape(args.batch, args.prompt_len, args.max_len - args.prompt_len)
     data, model = (None, None) if args.mesh is None else (mesh.get("data", 1), mesh.get("model", 1))
     print(tpu_compile.describe(cfg, args.topology, shape, data, model, args.dtype, args.layers == "scan", judge))

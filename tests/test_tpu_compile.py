@@ -49,10 +49,11 @@ def test_programs_compile_for_tpu_and_match_the_plan(stacked):
 def test_plan_command_compiles_for_a_topology(tmp_path, capsys):
     (tmp_path / "config.json").write_text(json.dumps(HF))
     code = cli.main(["plan", "--model", str(tmp_path), "--topology", "v5e:2x2", "--mesh", "data=2,model=2",
-                     "--batch", "4", "--max-len", "160", "--prompt-len", "32"])
+                     "--batch", "4", "--max-len", "160", "--prompt-len", "32", "--judge", str(tmp_path)])
     out = capsys.readouterr().out
     assert code == 0
     assert "TPU v5e x4 (mesh data=2 model=2)" in out and "decode loop" in out and "tokens/s" in out
+    assert "judge" in out
     assert cli.main(["plan", "--model", str(tmp_path), "--topology", "v7x:2x2"]) != 0
 
 
