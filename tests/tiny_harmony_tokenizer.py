@@ -5,10 +5,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
 
 from selfguard_jax.prompts import SAFEREMIND_REMINDER, SELF_REMINDER_SUFFIX, SELF_REMINDER_SYSTEM
+from tiny_tokenizer import train_tokenizer
 
 # o200k_harmony's special tokens that the format uses (the reserved ones are left out)
 SPECIALS = ["<|startoftext|>", "<|endoftext|>", "<|return|>", "<|constrain|>", "<|channel|>", "<|start|>", "<|end|>",
@@ -24,14 +24,5 @@ TEXT = ["system developer user assistant analysis commentary final\n",
 
 
 def build_harmony_tokenizer(folder: Path, vocab_size: int = 400) -> PreTrainedTokenizerFast:
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=SPECIALS,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
-    tok.train_from_iterator(TEXT, trainer)
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<|startoftext|>", eos_token="<|return|>",
-                                   pad_token="<|endoftext|>")
-    fast.chat_template = TEMPLATE
-    fast.save_pretrained(folder)
-    return fast
+    return train_tokenizer(folder, TEXT, SPECIALS, TEMPLATE, vocab_size, bos_token="<|startoftext|>",
+                           eos_token="<|return|>", pad_token="<|endoftext|>")
