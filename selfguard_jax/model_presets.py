@@ -11,9 +11,8 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from selfguard_jax.extract import OVERSTEER_LIMIT
+from selfguard_jax.yaml_files import read_yaml
 
 PRESET_DIR = Path(__file__).resolve().parent.parent / "configs" / "models"
 # The Self-Guard paper's final setting on Qwen3-8B: blocks 30, 31, 32 of 36. For a model without a preset the
@@ -56,7 +55,7 @@ class ModelPreset:
 
 def load_model_preset(path: str | Path) -> ModelPreset:
     """A configs/models/*.yaml preset: the model id, its architecture and size, think markers, steering setting."""
-    data = yaml.safe_load(Path(path).read_text())
+    data = read_yaml(path)
     if not isinstance(data, dict) or "model" not in data:
         raise ValueError(f"{path} is not a model preset: it needs at least a 'model' key.")
     arch = data.get("architecture") or {}
