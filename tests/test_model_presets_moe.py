@@ -1,4 +1,4 @@
-"""Presets for the mixture-of-experts and Phi-4 reasoning models: each matches the ModelConfig built from its model's
+"""Presets for the mixture-of-experts and Phi-4 reasoning models (and Gemma 3 270M): each matches the ModelConfig built from its model's
 published config.json facts, records no steering setting (relative depth only, not set by a sweep), and its
 steer_depth resolves to the paper's blocks 30-32 of 36 at this model's depth, shown only as a suggestion."""
 
@@ -29,6 +29,9 @@ MODELS = {
     "phi-4-mini-reasoning": (PHI3 | {"num_hidden_layers": 32, "hidden_size": 3072, "vocab_size": 200064,
                                      "num_attention_heads": 24, "num_key_value_heads": 8, "intermediate_size": 8192,
                                      "partial_rotary_factor": 0.75}, [27, 28]),
+    "gemma-3-270m": ({"architectures": ["Gemma3ForCausalLM"], "model_type": "gemma3_text", "num_hidden_layers": 18,
+                      "hidden_size": 640, "vocab_size": 262144, "num_attention_heads": 4, "num_key_value_heads": 1,
+                      "head_dim": 256, "intermediate_size": 2048, "sliding_window": 512}, [15, 16]),
 }
 
 
