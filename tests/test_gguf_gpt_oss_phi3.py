@@ -13,6 +13,7 @@ from tiny_models import make_hf_model  # noqa: E402
 
 import selfguard_jax as sgj  # noqa: E402
 from selfguard_jax.gguf_checkpoint import GGUFFile  # noqa: E402
+from selfguard_jax.tensor_source import read_config  # noqa: E402
 
 
 def _header(w, c, head_dim: int | None = None) -> None:
@@ -163,25 +164,32 @@ def transformers_gguf_model(path):
     return AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32).eval()
 
 
-@pytest.mark.slow
-def test_gpt_oss_float32_gguf_equals_the_original_model(tmp_path):
+@pytest.mark.parametrize("mxfp4", [False, True], ids=["f32", "mxfp4"])
+def test_gpt_oss_gguf_tensors_are_the_hf_tensors(tmp_path, mxfp4):
+    """Every HF tensor read back from the file equals the model's, element for element: llama.cpp's split and
+    transposed experts joined back, sinks, router bias; MXFP4 experts (repacked from HF blocks as llama.cpp does,
+    dequantised by gguf.quants) equal transformers' own dequantisation of the HF blocks."""
     model = make_hf_model("gpt_oss", swiglu_limit=7.0)
-    write_gpt_oss_gguf(model, tmp_path / "m.gguf")
-    lm = sgj.load(tmp_path / "m.gguf")
-    assert lm.config.model_type == "gpt_oss" and lm.config.layer_windows == (4, 0, 4)
-    x = ids(model.config.vocab_size)
-    np.testing.assert_allclose(np.asarray(lm.forward(x)), torch_logits(model, x), atol=1e-4, rtol=1e-4)
-
-
-def test_gpt_oss_mxfp4_experts_equal_transformers_dequantisation(tmp_path):
-    """MXFP4 experts repacked from HF blocks as llama.cpp does, dequantised by gguf.quants: equal to transformers'
-    dequantisation of the HF blocks, element for element, and the model's logits within 1e-4."""
-    model = make_hf_model("gpt_oss", swiglu_limit=7.0)
-    write_gpt_oss_gguf(model, tmp_path / "m.gguf", mxfp4_seed=3)
+    write_gpt_oss_gguf(model, tmp_path / "m.gguf", mxfp4_seed=3 if mxfp4 else None)
     src = GGUFFile(tmp_path / "m.gguf")
-    assert {Q(t.tensor_type).name for t in src.parts.values() if t.name.endswith(".weight")} == {"MXFP4"}
-    for key in ("model.layers.1.mlp.experts.gate_up_proj", "model.layers.2.mlp.experts.down_proj"):
-        np.testing.assert_array_equal(src.get(key), model.state_dict()[key].numpy())
+    kinds = {Q(t.tensor_type).name for t in src.parts.values() if t.name.endswith(".weight")}
+    assert kinds == {"MXFP4" if mxfp4 else "F32"}
+    state = model.state_dict()
+    assert src.keys() == set(state)
+    for key, value in state.items():
+        np.testing.assert_array_equal(src.get(key), value.numpy(), err_msg=key)
+    cfg = read_config(tmp_path / "m.gguf")
+    assert (cfg.model_type, cfg.layer_windows, cfg.num_experts, cfg.num_experts_per_tok, cfg.head_dim) == (
+        "gpt_oss", (4, 0, 4), 8, 2, 16)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mxfp4", [False, True], ids=["f32", "mxfp4"])
+def test_gpt_oss_gguf_equals_the_original_model(tmp_path, mxfp4):
+    """The forward from the file: logits within 1e-4 of the PyTorch model (with MXFP4, the model holds
+    transformers' dequantisation of the same blocks)."""
+    model = make_hf_model("gpt_oss", swiglu_limit=7.0)
+    write_gpt_oss_gguf(model, tmp_path / "m.gguf", mxfp4_seed=3 if mxfp4 else None)
     lm = sgj.load(tmp_path / "m.gguf")
     x = ids(model.config.vocab_size)
     ref = torch_logits(model, x)
