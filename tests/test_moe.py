@@ -1,8 +1,8 @@
 """Qwen3-MoE and gpt-oss against transformers: the routed block alone (both dispatch paths), every param layout
 of dense and routed blocks mixed, GGUF files, HF export, MXFP4 experts, attention sinks; what a small-batch decode
 step reads; expert parallelism on 8 fake CPU devices (logits and greedy tokens equal the single-device run; the
-dispatch itself and what crosses devices: test_moe_sharding.py). Model-level logits and greedy parity with transformers are in
-test_parity.py / test_decode.py (SPECS qwen3_moe, qwen3_moe_mixed, gpt_oss; slow there)."""
+dispatch and what crosses devices: test_moe_sharding.py). Model-level logits and greedy parity with transformers
+are in test_parity.py / test_decode.py (SPECS qwen3_moe, qwen3_moe_mixed, gpt_oss; slow there)."""
 
 import dataclasses
 
