@@ -319,8 +319,17 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from selfguard_jax.evaluate import runner
+    from selfguard_jax.evaluate import authors, runner
+    from selfguard_jax.safe_write import write_text
 
+    if (args.run_dir is None) == (not args.authors):
+        raise ValueError("report takes a judged run directory or --authors FILE..., one of the two.")
+    if args.authors:
+        md = authors.authors_report(args.authors)
+        if args.out:
+            write_text(args.out, md)
+        print(md)
+        return 0
     runner.report_stage(args.run_dir)
     print(open(f"{args.run_dir}/summary.md").read())
     return 0
@@ -389,6 +398,11 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     d.add_argument("--batch-size", type=positive_int, default=16)
     d.set_defaults(fn=cmd_demo)
 
-    r = sub.add_parser("report", help="summary table (Markdown, CSV) and plots of a judged run directory")
-    r.add_argument("run_dir")
+    r = sub.add_parser("report", help="summary table (Markdown, CSV) and plots of a judged run directory; or, with "
+                       "--authors, the Self-Guard authors' released result files recomputed and our judges' agreement")
+    r.add_argument("run_dir", nargs="?")
+    r.add_argument("--authors", nargs="+", metavar="FILE",
+                   help="the Self-Guard authors' result files (eval_results/.../*.json): their aggregates recomputed "
+                        "with our metric code, and each keyword judge's agreement with their judge's verdicts")
+    r.add_argument("--out", help="with --authors: also write the Markdown to this file")
     r.set_defaults(fn=cmd_report)

@@ -12,13 +12,13 @@ import json
 import time
 from pathlib import Path
 
-import yaml
-
 from selfguard_jax import batch_io, extract, lm as lm_mod
 from selfguard_jax.evaluate import datasets, judges, metrics, report
 from selfguard_jax.organism import CHECKPOINT, HELDOUT
 from selfguard_jax.selfguard import extract_selfguard
 from selfguard_jax.recipes import Recipe, get_recipe
+from selfguard_jax.safe_write import write_text
+from selfguard_jax.yaml_files import read_yaml
 
 DEMO_RECIPES = ("vanilla", "prompt-only", "selfguard", "saferemind", "selfguard+saferemind")
 PRESET = Path(__file__).resolve().parent / "organism" / "preset.yaml"
@@ -27,7 +27,7 @@ KINDS = {"harmful": "harmful", "benign": "benign", "arithmetic": "utility"}
 
 def organism_preset() -> dict:
     """Steering layers/alpha and reminder settings for the organism (set by a sweep, see organism/preset.yaml)."""
-    return yaml.safe_load(PRESET.read_text())
+    return read_yaml(PRESET)
 
 
 def heldout(limit_per_kind: int | None = None) -> list[dict]:
@@ -86,7 +86,7 @@ def run_demo(out_dir: str | Path = "runs/demo", limit_per_kind: int | None = Non
                        "arithmetic accuracy (%)": s[metrics.metric_key("accuracy", judges.math_judge_name())],
                        "reminders / prompt": s["reminders_per_prompt"]}
     md = _table(table, throughput)
-    (out / "summary.md").write_text(md + "\n")
+    write_text(out / "summary.md", md + "\n")
     _plots(out, rows_by_recipe, table, preset)
     return md
 

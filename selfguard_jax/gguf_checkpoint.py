@@ -18,9 +18,11 @@ from selfguard_jax.errors import CheckpointError
 
 # GGUF `general.architecture` -> the HF architecture it is loaded as. llama.cpp files Mistral models as llama.
 ARCHITECTURES = {"llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM", "qwen3": "Qwen3ForCausalLM",
-                 "qwen3moe": "Qwen3MoeForCausalLM", "gemma3": "Gemma3ForCausalLM"}
+                 "qwen3moe": "Qwen3MoeForCausalLM", "gemma3": "Gemma3ForCausalLM", "gpt-oss": "GptOssForCausalLM",
+                 "phi3": "Phi3ForCausalLM"}
 # Tensor types dequantised here (all through gguf.quants); others are refused by name.
-TENSOR_TYPES = ("F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K")
+TENSOR_TYPES = ("F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K",
+                "MXFP4")
 
 _GLOBAL_NAMES = {"token_embd.weight": "model.embed_tokens.weight", "output_norm.weight": "model.norm.weight",
                  "output.weight": "lm_head.weight"}
@@ -40,6 +42,19 @@ _GEMMA3_BLOCK_NAMES = _BLOCK_NAMES | {
     "post_attention_norm.weight": "post_attention_layernorm.weight",
     "post_ffw_norm.weight": "post_feedforward_layernorm.weight",
 }
+# Phi-3: llama.cpp keeps HF's fused projections (ffn_up is gate_up_proj, gate rows first, as HF's).
+_PHI3_BLOCK_NAMES = _BLOCK_NAMES | {"attn_qkv.weight": "self_attn.qkv_proj.weight",
+                                    "ffn_up.weight": "mlp.gate_up_proj.weight"}
+_PHI3_ROPE_FACTORS = ("rope_factors_long.weight", "rope_factors_short.weight")
+# gpt-oss: the norm before the MLP is llama.cpp's post_attention_norm; the router has a bias; one sink per head.
+_GPT_OSS_BLOCK_NAMES = _BLOCK_NAMES | {
+    "post_attention_norm.weight": "post_attention_layernorm.weight", "attn_sinks.weight": "self_attn.sinks",
+    "ffn_gate_inp.weight": "mlp.router.weight", "ffn_gate_inp.bias": "mlp.router.bias"}
+# gpt-oss experts: llama.cpp splits HF's interleaved gate_up_proj [E, in, 2 out] into ffn_gate_exps / ffn_up_exps
+# [E, out, in] (and their biases) and transposes down_proj to ffn_down_exps [E, out, in]; joined back here.
+_GPT_OSS_EXPERTS = re.compile(r"ffn_(gate|up|down)_exps\.(weight|bias)")
+_GPT_OSS_HF = {("gate_up", "weight"): "mlp.experts.gate_up_proj", ("gate_up", "bias"): "mlp.experts.gate_up_proj_bias",
+               ("down", "weight"): "mlp.experts.down_proj", ("down", "bias"): "mlp.experts.down_proj_bias"}
 # Routed experts, one GGUF tensor [E, out, in] per block, presented as the HF checkpoints' one tensor per expert.
 _EXPERT_NAMES = {"ffn_gate_exps.weight": "gate_proj", "ffn_up_exps.weight": "up_proj",
                  "ffn_down_exps.weight": "down_proj"}
@@ -64,7 +79,8 @@ def hf_name(gguf_name: str, arch: str = "llama") -> str | None:
     """The HF tensor name of a GGUF tensor name of architecture `arch`; None when this project has no use for it."""
     if gguf_name in _GLOBAL_NAMES:
         return _GLOBAL_NAMES[gguf_name]
-    names = _GEMMA3_BLOCK_NAMES if arch == "gemma3" else _BLOCK_NAMES
+    names = {"gemma3": _GEMMA3_BLOCK_NAMES, "phi3": _PHI3_BLOCK_NAMES, "gpt-oss": _GPT_OSS_BLOCK_NAMES}.get(
+        arch, _BLOCK_NAMES)
     m = _BLOCK.fullmatch(gguf_name)
     if m and m.group(2) in names:
         return f"model.layers.{m.group(1)}.{names[m.group(2)]}"
@@ -100,9 +116,21 @@ class GGUFFile:
         self.tensors: dict[str, Any] = {}
         self.experts: dict[str, tuple[Any, int]] = {}  # HF per-expert name -> (GGUF tensor, expert)
         self._last: tuple[str, np.ndarray] | None = None  # the last expert stack dequantised, sliced per expert
+        self.joined: dict[str, tuple[str, str, str]] = {}  # gpt-oss HF expert name -> (block, part, weight|bias)
+        self.parts: dict[str, Any] = {}  # gpt-oss expert GGUF tensors by name
+        self.rope_factors: dict[str, Any] = {}  # Phi-3 LongRoPE factors, read into the config
         unknown = []
         for t in self.reader.tensors:
             m = _BLOCK.fullmatch(t.name)
+            if self.arch == "phi3" and t.name in _PHI3_ROPE_FACTORS:
+                self.rope_factors[t.name] = t
+                continue
+            e = m and self.arch == "gpt-oss" and _GPT_OSS_EXPERTS.fullmatch(m.group(2))
+            if e:
+                self.parts[t.name] = t
+                part = "down" if e.group(1) == "down" else "gate_up"
+                self.joined[f"model.layers.{m.group(1)}.{_GPT_OSS_HF[part, e.group(2)]}"] = (m.group(1), part, e.group(2))
+                continue
             if m and m.group(2) in _EXPERT_NAMES:
                 for e in range(int(t.shape[-1])):
                     self.experts[f"model.layers.{m.group(1)}.mlp.experts.{e}.{_EXPERT_NAMES[m.group(2)]}.weight"] = (t, e)
@@ -143,7 +171,7 @@ class GGUFFile:
             kv = kv[0]
         head_dim = int(self.field(a + "attention.key_length", hidden // heads))
         rot = self.field(a + "rope.dimension_count", head_dim)
-        if int(rot) != head_dim:
+        if int(rot) != head_dim and self.arch != "phi3":
             raise CheckpointError(f"{self.path.name}: partial rotary embedding (rope.dimension_count {rot} < "
                                   f"head_dim {head_dim}) is not supported.")
         vocab = self.field(a + "vocab_size") or len(self.field("tokenizer.ggml.tokens", []))
@@ -179,7 +207,43 @@ class GGUFFile:
                 hf["rope_scaling"]["original_max_position_embeddings"] = int(orig)
         if self.arch == "gemma3":
             hf |= self._gemma3_config(hf)
+        if self.arch == "gpt-oss":
+            hf |= self._gpt_oss_config(hf)
+        if self.arch == "phi3":
+            hf |= self._phi3_config(hf, int(rot))
         return hf
+
+    def _gpt_oss_config(self, hf: dict[str, Any]) -> dict[str, Any]:
+        """gpt-oss's fields beyond the Llama ones. llama.cpp fixes in code what the file does not say: sliding and
+        full blocks alternating from block 0 (HF's layer_types), the SwiGLU alpha 1.702 and limit 7 (HF's defaults).
+        YaRN is taken as every gpt-oss config.json states it (truncate false: correction range not rounded)."""
+        L, rope = hf["num_hidden_layers"], hf.get("rope_scaling")
+        if rope is not None:
+            rope["truncate"] = False
+        return {"model_type": "gpt_oss", "attention_bias": True, "num_local_experts": self._int("gpt-oss.expert_count"),
+                "num_experts_per_tok": self._int("gpt-oss.expert_used_count"),
+                "sliding_window": self._int("gpt-oss.attention.sliding_window"),
+                "layer_types": ["sliding_attention" if i % 2 == 0 else "full_attention" for i in range(L)]}
+
+    def _phi3_config(self, hf: dict[str, Any], rot: int) -> dict[str, Any]:
+        """Phi-3's fields beyond the Llama ones: partial rotary (rope.dimension_count of head_dim), the original
+        context length, and LongRoPE from llama.cpp's rope_factors_long/short tensors and attention factor."""
+        orig = self.field("phi3.rope.scaling.original_context_length")
+        out: dict[str, Any] = {"partial_rotary_factor": rot / hf["head_dim"],
+                               "sliding_window": self.field("phi3.attention.sliding_window") or None}
+        if orig is not None:
+            out["original_max_position_embeddings"] = int(orig)
+        if self.rope_factors:
+            if len(self.rope_factors) != 2 or orig is None:
+                raise CheckpointError(f"{self.path.name}: LongRoPE needs both rope_factors_long and rope_factors_short "
+                                      "and phi3.rope.scaling.original_context_length; the file is incomplete.")
+            out["rope_scaling"] = {"rope_type": "longrope", **{
+                f"{k}_factor": self._dequantised(self.rope_factors[f"rope_factors_{k}.weight"]).tolist()
+                for k in ("long", "short")}}
+            attn = self.field("phi3.rope.scaling.attn_factor")
+            if attn is not None:
+                out["rope_scaling"]["attention_factor"] = float(attn)
+        return out
 
     def _gemma3_config(self, hf: dict[str, Any]) -> dict[str, Any]:
         """Gemma 3's fields beyond the Llama ones. The file carries no query_pre_attn_scalar: llama.cpp scales the
@@ -199,7 +263,7 @@ class GGUFFile:
                 "final_logit_softcapping": None if cap is None else float(cap)}
 
     def keys(self) -> set[str]:
-        return set(self.tensors) | set(self.experts)
+        return set(self.tensors) | set(self.experts) | set(self.joined)
 
     def file_of(self, key: str) -> Path:
         return self.path
@@ -212,6 +276,8 @@ class GGUFFile:
                 self._last = None
                 self._last = (t.name, self._dequantised(t))
             return self._last[1][e]
+        if key in self.joined:
+            return self._gpt_oss_experts(*self.joined[key])
         if key not in self.tensors:
             raise CheckpointError(f"tensor {key!r} is missing from {self.path.name}; the file is incomplete "
                                   "or its metadata disagrees with its tensors.")
@@ -224,6 +290,23 @@ class GGUFFile:
             heads = self._int(self.arch + ".attention.head_count")
             w = unpermute_qk(w, int(self.field(self.arch + ".attention.head_count_kv", heads)))
         return w
+
+    def _gpt_oss_experts(self, block: str, part: str, kind: str) -> np.ndarray:
+        """One gpt-oss expert tensor in the HF layout: gate_up_proj [E, in, 2 out] with gate and up interleaved
+        (bias [E, 2 out]), down_proj [E, in, out] (bias [E, out])."""
+        def read(name: str) -> np.ndarray:
+            full = f"blk.{block}.ffn_{name}_exps.{kind}"
+            if full not in self.parts:
+                raise CheckpointError(f"tensor {full!r} is missing from {self.path.name}; the file is incomplete.")
+            w = self._dequantised(self.parts[full])
+            return w if kind == "bias" else w.swapaxes(-1, -2)
+
+        if part == "down":
+            return read("down")
+        gate, up = read("gate"), read("up")
+        out = np.empty(gate.shape[:-1] + (2 * gate.shape[-1],), np.float32)
+        out[..., ::2], out[..., 1::2] = gate, up
+        return out
 
     def _dequantised(self, t: Any) -> np.ndarray:
         """One GGUF tensor as float32 in numpy order (GGUF lists dims innermost first)."""

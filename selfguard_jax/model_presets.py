@@ -11,9 +11,8 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from selfguard_jax.extract import OVERSTEER_LIMIT
+from selfguard_jax.yaml_files import read_yaml
 
 PRESET_DIR = Path(__file__).resolve().parent.parent / "configs" / "models"
 # The Self-Guard paper's final setting on Qwen3-8B: blocks 30, 31, 32 of 36. For a model without a preset the
@@ -34,6 +33,7 @@ class ModelPreset:
     think_markers: tuple[str, str] | None = None
     steer_layers: tuple[int, ...] | None = None
     steer_alpha: float | None = None
+    steer_depth: tuple[float, ...] | None = None  # relative depth (0..1): a suggestion, never applied by itself
     status: str = ""
     path: str = ""
 
@@ -42,24 +42,35 @@ class ModelPreset:
         return (self.model_type, self.num_layers, self.hidden_size, self.vocab_size) == (
             config.model_type, config.num_layers, config.hidden_size, config.vocab_size)
 
+    def suggested_layers(self, num_layers: int | None = None) -> list[int] | None:
+        """steer_depth resolved to layer ids for `num_layers` blocks (default the preset's own); None without it."""
+        if self.steer_depth is None:
+            return None
+        n = self.num_layers if num_layers is None else num_layers
+        return sorted({min(n - 1, round(d * n)) for d in self.steer_depth})
+
     def describe(self) -> str:
         return f"{self.name} ({self.model}: {self.model_type}, {self.num_layers} layers x {self.hidden_size})"
 
 
 def load_model_preset(path: str | Path) -> ModelPreset:
     """A configs/models/*.yaml preset: the model id, its architecture and size, think markers, steering setting."""
-    data = yaml.safe_load(Path(path).read_text())
+    data = read_yaml(path)
     if not isinstance(data, dict) or "model" not in data:
         raise ValueError(f"{path} is not a model preset: it needs at least a 'model' key.")
     arch = data.get("architecture") or {}
     markers = data.get("think_markers")
     layers = data.get("steer_layers")
     alpha = data.get("steer_alpha")
+    depth = data.get("steer_depth")
+    if depth is not None and not all(0 <= float(d) < 1 for d in depth):
+        raise ValueError(f"{path}: steer_depth {depth} must be fractions of the model's depth in [0, 1).")
     return ModelPreset(name=Path(path).stem, model=data["model"], model_type=arch.get("model_type"),
                        num_layers=arch.get("num_layers"), hidden_size=arch.get("hidden_size"),
                        vocab_size=arch.get("vocab_size"), think_markers=tuple(markers) if markers else None,
                        steer_layers=None if layers is None else tuple(int(k) for k in layers),
-                       steer_alpha=None if alpha is None else float(alpha), status=str(data.get("status", "")),
+                       steer_alpha=None if alpha is None else float(alpha),
+                       steer_depth=None if depth is None else tuple(float(d) for d in depth), status=str(data.get("status", "")),
                        path=str(path))
 
 
@@ -110,9 +121,15 @@ def steering_setting(config: Any, preset: str | Path | ModelPreset | None = None
             shape = "" if config is None else (
                 f" ({config.model_type}, {config.num_layers} layers x {config.hidden_size})")
             why = f"no model preset in {PRESET_DIR} matches this model{shape}"
-        hint = "" if config is None else (
-            f"; the paper's relative depth (blocks 30-32 of Qwen3-8B's 36) would be --layers "
-            f"{','.join(map(str, relative_layers(config.num_layers)))} here")
+        depth = None if found is None else found.suggested_layers(None if config is None else config.num_layers)
+        if depth is not None:
+            hint = (f"; the preset's steer_depth {list(found.steer_depth)} (relative depth, not set by a sweep) "
+                    f"would be --layers {','.join(map(str, depth))}")
+        elif config is not None:
+            hint = (f"; the paper's relative depth (blocks 30-32 of Qwen3-8B's 36) would be --layers "
+                    f"{','.join(map(str, relative_layers(config.num_layers)))} here")
+        else:
+            hint = ""
         raise ValueError(f"Self-Guard steering needs {missing}: {why}. Pass {missing} (API: "
                          f"steer_layers=, steer_alpha=) or --preset NAME{hint}; choose alpha with "
                          f"`selfguard-jax sweep`, keeping the summed over-steering ratio under {OVERSTEER_LIMIT}.")

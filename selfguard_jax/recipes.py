@@ -8,14 +8,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import yaml
-
 from selfguard_jax import chat, extract, model_presets
 from selfguard_jax.prompts import (REMINDER_PRESETS, SAFEREMIND_REMINDER, SELF_REMINDER_SUFFIX,
                                    SELF_REMINDER_SUFFIX_ASSISTANT, SELF_REMINDER_SYSTEM, SUFFIX_PRESETS, SYSTEM_PRESETS)
 from selfguard_jax.reminder import PLACEMENTS, Reminder, Thinking
 from selfguard_jax.spec import GenerationSpec, Sampling
 from selfguard_jax.steering import Steering
+from selfguard_jax.yaml_files import read_yaml
 
 
 JUNCTIONS = ("retokenize", "append")
@@ -188,7 +187,7 @@ def get_recipe(name: str, model_config: Any = None, preset: str | Path | None = 
 
 def load_recipe_file(path: str | Path) -> Recipe:
     """A configs/recipes/*.yaml file: `recipe: NAME` plus field overrides (preset names allowed for texts)."""
-    data = yaml.safe_load(Path(path).read_text())
+    data = read_yaml(path)
     if not isinstance(data, dict) or "recipe" not in data:
         raise ValueError(f"{path} is not a recipe file: it needs a 'recipe: NAME' key.")
     data = dict(data)

@@ -7,6 +7,7 @@ about one generation pass over A x (harmful + benign) rows, not A passes.
 from __future__ import annotations
 
 import csv
+import io
 import json
 import warnings
 from pathlib import Path
@@ -20,6 +21,7 @@ from selfguard_jax.evaluate.metrics import refusal_rate
 from selfguard_jax.evaluate.report import format_estimate
 from selfguard_jax.extract import OversteerWarning, oversteer_report, residual_norms
 from selfguard_jax.fluency import fluency
+from selfguard_jax.safe_write import atomic_path, write_text
 from selfguard_jax.spec import GenerationSpec
 from selfguard_jax.steering import Steering
 from selfguard_jax.vector_files import load_vectors
@@ -100,17 +102,16 @@ def write_sweep(results: list[dict], out_dir: str | Path) -> list[Path]:
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "sweep.md").write_text(sweep_table(results) + "\n")
-    with open(out / "sweep.csv", "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(COLUMNS)
-        for r in results:
-            w.writerow([" ".join(map(str, r["layers"]))] + [
-                getattr(r[c], "value", r[c]) if r[c] is not None else None for c in COLUMNS[1:]])
-    with open(out / "generations.jsonl", "w") as f:
-        for r in results:
-            for g in r["generations"]:
-                f.write(json.dumps({"layers": r["layers"], "alpha": r["alpha"]} | g) + "\n")
+    write_text(out / "sweep.md", sweep_table(results) + "\n")
+    buf = io.StringIO(newline="")
+    w = csv.writer(buf)
+    w.writerow(COLUMNS)
+    for r in results:
+        w.writerow([" ".join(map(str, r["layers"]))] + [
+            getattr(r[c], "value", r[c]) if r[c] is not None else None for c in COLUMNS[1:]])
+    write_text(out / "sweep.csv", buf.getvalue())
+    write_text(out / "generations.jsonl", "".join(
+        json.dumps({"layers": r["layers"], "alpha": r["alpha"]} | g) + "\n" for r in results for g in r["generations"]))
     fig = Figure(figsize=(6, 4))
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
@@ -126,5 +127,6 @@ def write_sweep(results: list[dict], out_dir: str | Path) -> list[Path]:
     ax.legend(fontsize=7)
     ax.set_title("Steering sweep (keyword refusal judge)")
     fig.tight_layout()
-    fig.savefig(out / "sweep.png", dpi=120)
+    with atomic_path(out / "sweep.png") as tmp:
+        fig.savefig(tmp, format="png", dpi=120)
     return [out / "sweep.md", out / "sweep.csv", out / "generations.jsonl", out / "sweep.png"]

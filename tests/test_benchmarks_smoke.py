@@ -34,3 +34,11 @@ def test_stream_benchmark_and_its_plot_run(tmp_path):
                          capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stderr[-2000:]
     assert (tmp_path / "stream.png").stat().st_size > 0
+
+
+@pytest.mark.slow
+def test_moe_benchmark_runs():
+    res = subprocess.run([sys.executable, str(BENCH / "bench_moe.py"), "--shape", "smoke", "--batches", "4", "--new",
+                          "4", "--prompt-len", "4", "--repeats", "1"], capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert "| ragged_dot |" in res.stdout and "MoE / dense tok/s" in res.stdout

@@ -3,10 +3,12 @@ processes; the typed config, the per-pair settings check and the run-folder lock
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
 import time
+import types
 
 import pytest
 import yaml
@@ -155,6 +157,14 @@ def test_barrier_names_a_missing_host_and_never_truncates_a_shard(tmp_path):
     assert shard.read_bytes() == b'{"id": "a"}\n{"id": "b", "te'  # read, never truncated
 
 
+def test_llama_guard_max_new_tokens_reaches_the_judge(chat_model_dir, tmp_path):
+    """`llama_guard.max_new_tokens` is the judge's generation cap (it was accepted and ignored)."""
+    config = write_config(tmp_path, chat_model_dir, tmp_path / "o",
+                          extra={"judges": ["llama_guard"], "llama_guard": {"model": "m", "max_new_tokens": 3}})
+    cfg = runner.EvalConfig.from_yaml(config)
+    assert runner._guard(cfg, types.SimpleNamespace(tokenizer=None)).max_new_tokens == 3
+
+
 @pytest.mark.slow
 def test_llama_guard_stage_counts_parse_failures(chat_model_dir, tmp_path):
     """The Llama Guard judge runs through this project's engine; a model that does not answer `safe`/`unsafe`
@@ -240,6 +250,11 @@ def test_config_checks_every_nested_key(chat_model_dir, tmp_path):
         bad.write_text(yaml.safe_dump({**raw, key: value}))
         with pytest.raises(runner.ConfigError, match=message):
             runner.EvalConfig.from_yaml(bad)
+    bad.write_text(path.read_text() + "datasets: [offline\n")
+    with pytest.raises(runner.ConfigError, match=rf"{re.escape(str(bad))}, line \d+, column \d+ is not valid YAML"):
+        runner.EvalConfig.from_yaml(bad)
+    with pytest.raises(runner.ConfigError, match=r"override 'datasets=\[offline', line 1, column 9 is not valid YAML"):
+        runner.EvalConfig.from_yaml(path, ["datasets=[offline"])
 
 
 def test_every_shipped_eval_config_is_valid():

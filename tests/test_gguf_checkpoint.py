@@ -190,7 +190,7 @@ def test_cli_info_and_convert_to_an_hf_folder(tmp_path, capsys):
 
 def test_unsupported_architecture_is_named(tmp_path):
     write_gguf(make_hf_model("qwen2_tied"), tmp_path / "m.gguf", arch_name="gpt2")
-    with pytest.raises(CheckpointError, match=r"'gpt2'.*supported: \['gemma3', 'llama', 'qwen2', 'qwen3', 'qwen3moe'\]"):
+    with pytest.raises(CheckpointError, match=r"'gpt2'.*supported: \['gemma3', 'gpt-oss', 'llama', 'phi3', 'qwen2', 'qwen3', 'qwen3moe'\]"):
         sgj.load(tmp_path / "m.gguf")
 
 

@@ -43,6 +43,8 @@ def test_model_presets(path):
         assert preset.steer_alpha == 0.3 and preset.steer_layers == (30, 31, 32)
     elif preset.status == "sweep":
         assert preset.steer_layers and preset.steer_alpha
+    elif preset.status == "relative depth, not set by a sweep":
+        assert preset.steer_depth and preset.steer_layers is None and preset.steer_alpha is None
     else:
         assert preset.status == "to be set by a sweep" and preset.steer_layers is None
 

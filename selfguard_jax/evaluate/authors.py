@@ -16,6 +16,7 @@ from typing import Any
 
 from selfguard_jax.evaluate import metrics
 from selfguard_jax.evaluate.answer_text import UNFINISHED, parse_response
+from selfguard_jax.evaluate.refusal import KEYWORD_JUDGES
 
 # the authors' label field -> (our judge name, label -> our verdict)
 _LABELS = {
@@ -24,6 +25,10 @@ _LABELS = {
     "wildguard_label": ("wildguard",
                         lambda v: {"refusal": "refused", "compliance": "complied"}.get(v, "unparsed")),
 }
+
+
+# the authors' verdict -> did the model decline (True) or go along (False); None: no verdict
+_DECLINED = {"safe": True, "unsafe": False, "refused": True, "complied": False, "0.0": True, "1.0": False}
 
 
 class AuthorsFileError(ValueError):
@@ -87,3 +92,54 @@ def recompute(path: str | Path, unfinished_rows: str = "judged") -> dict[str, An
     out: dict[str, Any] = {k: (v, settings.get(k)) for k, v in ours.items()}
     return out | {"judge": judge, "n": len(records), "n_unfinished": s["n_unfinished"],
                   "unfinished_rows": unfinished_rows}
+
+
+def judge_agreement(path: str | Path, judges: tuple[str, ...] = tuple(KEYWORD_JUDGES)) -> dict[str, dict[str, Any]]:
+    """Each offline keyword judge (on the answer after `</think>`) against the authors' own verdict on the same
+    real response, both read as "declined": Llama Guard safe, WildGuard refusal, SORRY score 0. Per judge: n
+    (rows where both give a verdict), agreement, Cohen's kappa (None when either side is constant: it
+    would be 0 by construction), and the two
+    kinds of disagreement; rows cut off before `</think>` (no answer to read) and unparsed verdicts apart."""
+    settings, records = read_authors_file(path)
+    theirs = [_DECLINED.get(r["verdicts"][settings["judge"]]) for r in records]
+    answers = [parse_response(r["text"]).answer for r in records]
+    out = {}
+    for judge in judges:
+        pairs = [(KEYWORD_JUDGES[judge](a) is not None, t) for a, t in zip(answers, theirs)
+                 if a is not None and t is not None]
+        n = len(pairs)
+        agree = sum(o == t for o, t in pairs)
+        ours_yes, theirs_yes = sum(o for o, _ in pairs), sum(t for _, t in pairs)
+        expected = (ours_yes * theirs_yes + (n - ours_yes) * (n - theirs_yes)) / n**2 if n else 1.0
+        constant = ours_yes in (0, n) or theirs_yes in (0, n)
+        kappa = None if constant else (agree / n - expected) / (1.0 - expected)
+        out[judge] = {"n": n, "agreement": agree / n if n else None, "kappa": kappa,
+                      "ours_declined_theirs_not": sum(o and not t for o, t in pairs),
+                      "ours_not_theirs_declined": sum(t and not o for o, t in pairs),
+                      "no_answer": sum(a is None for a in answers), "their_unparsed": sum(t is None for t in theirs)}
+    return out
+
+
+def authors_report(paths: list[str | Path]) -> str:
+    """Markdown: each file's aggregates recomputed beside the authors' (their protocol, and ours without the
+    cut-off rows), then each keyword judge's agreement with their judge on the same responses."""
+    lines = ["| file | judge | aggregate | authors | ours (their protocol) | ours (cut-off rows excluded) |",
+             "|---|---|---|---|---|---|"]
+    agree = ["| file | their judge | our judge | n | agreement | kappa | we: declined, they: not | "
+             "we: not, they: declined | no answer (cut off) |", "|---|---|---|---|---|---|---|---|---|"]
+    for path in paths:
+        name = "/".join(Path(path).parts[-2:])
+        judged, excluded = recompute(path, "judged"), recompute(path, "excluded")
+        for key, value in judged.items():
+            if isinstance(value, tuple):  # (ours, theirs); the rest are counts and settings
+                lines.append(f"| {name} | {judged['judge']} | {key} | {_num(value[1])} | {_num(value[0])} | "
+                             f"{_num(excluded[key][0])} |")
+        for judge, a in judge_agreement(path).items():
+            agree.append(f"| {name} | {judged['judge']} | {judge} | {a['n']} | {_num(a['agreement'])} | "
+                         f"{_num(a['kappa'])} | {a['ours_declined_theirs_not']} | {a['ours_not_theirs_declined']} | "
+                         f"{a['no_answer']} |")
+    return "\n".join(lines) + "\n\n" + "\n".join(agree) + "\n"
+
+
+def _num(v: Any) -> str:
+    return "-" if v is None else f"{v:.4f}" if isinstance(v, float) else str(v)

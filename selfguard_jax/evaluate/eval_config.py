@@ -8,14 +8,13 @@ import inspect
 from pathlib import Path
 from typing import Any, Mapping
 
-import yaml
-
 from selfguard_jax.errors import ConfigError
 from selfguard_jax.evaluate.datasets import DATASETS, unknown_dataset
 from selfguard_jax.evaluate.judges import check_judges
 from selfguard_jax.evaluate.metrics import UNFINISHED_ROWS
 from selfguard_jax.evaluate.model_judges import WILDGUARD_INPUTS
 from selfguard_jax.recipes import get_recipe
+from selfguard_jax.yaml_files import parse_yaml, read_yaml
 
 # allowed keys of each nested mapping, with the types their values must have
 GENERATION_KEYS = {"batch_size": int, "max_new_tokens": int, "temperature": (int, float), "top_p": (int, float),
@@ -179,7 +178,7 @@ class EvalConfig:
     @classmethod
     def from_yaml(cls, path: str | Path, overrides: list[str] = ()) -> "EvalConfig":
         """Read a config file and apply `a.b=value` overrides (values parsed as YAML)."""
-        raw = yaml.safe_load(Path(path).read_text())
+        raw = read_yaml(path)
         if not isinstance(raw, dict):
             raise ConfigError(f"{path} is not an eval config (a YAML mapping with model, datasets, recipes).")
         for item in overrides:
@@ -192,7 +191,7 @@ class EvalConfig:
                 node = node.setdefault(p, {})
                 if not isinstance(node, dict):
                     raise ConfigError(f"override {item!r}: {p} is not a mapping.")
-            node[leaf] = yaml.safe_load(value)
+            node[leaf] = parse_yaml(value, f"override {item!r}")
         fields = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(raw) - fields)
         missing = sorted({"model", "datasets", "recipes"} - set(raw))

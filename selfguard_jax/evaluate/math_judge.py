@@ -54,13 +54,13 @@ def _unwrap(text: str, command: str) -> str:
 
 _UNIT_TEXT = re.compile(r"^(.*?\d)\s*\\(?:text|mbox|mathrm)\s*\{\s*[a-zA-Z][a-zA-Z .]*\}$")
 _UNIT_WORDS = re.compile(r"^(.*\d\}?)\s+[a-zA-Z]{2,}(?:\s+[a-zA-Z]+)*\.?$")
-_MIXED = re.compile(r"^(-?)(\d+)(?:\\frac\{(\d+)\}\{(\d+)\}|\s+(\d+)/(\d+))$")
+_MIXED = re.compile(r"^(-?)(\d+)(?:\s*\\frac\{(\d+)\}\{(\d+)\}|\s+(\d+)/(\d+))$")
 
 
 def normalize_math(answer: str) -> str:
     """PRM800K-style canonical form: no `$`/`\\$`, spaces, `\\left`/`\\right`, unit words after a number
     (`5.4 \\text{ cents}`, `5.4 cents`), `\\text{}` wrappers, degree or percent marks, thousands commas or trailing `.0`;
-    mixed numbers as improper fractions (`4\\frac{2}{3}` -> `14/3`); `\\dfrac`/`\\frac{a}{b}` -> `a/b`;
+    mixed numbers as improper fractions (`4\\frac{2}{3}` and `4 \\frac{2}{3}` -> `14/3`); `\\dfrac`/`\\frac{a}{b}` -> `a/b`;
     `\\sqrt2` -> `\\sqrt{2}`; `(C)` -> `C`; `x = 5` -> `5`."""
     s = answer.strip().replace("\\$", "").replace("$", "")
     s = _UNIT_TEXT.sub(r"\1", s)

@@ -4,6 +4,7 @@ no pyplot state): an entropy trace, a histogram of trigger steps, safety versus 
 from __future__ import annotations
 
 import csv
+import io
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping, Sequence
@@ -13,6 +14,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from selfguard_jax.evaluate.metrics import Estimate
+from selfguard_jax.safe_write import atomic_path, write_text
 
 
 @dataclass(frozen=True)
@@ -84,27 +86,27 @@ def table_markdown(table: Table, digits: int = 1) -> str:
 
 
 def write_markdown(table: Table, path: str | Path, digits: int = 1) -> Path:
-    """Write `table_markdown` to a file."""
-    path = Path(path)
-    path.write_text(table_markdown(table, digits), encoding="utf-8")
-    return path
+    """Write `table_markdown` to a file, atomically."""
+    write_text(path, table_markdown(table, digits))
+    return Path(path)
 
 
 def write_csv(table: Table, path: str | Path, digits: int = 1) -> Path:
-    """Write the table as CSV with the same cell text as the Markdown."""
-    path = Path(path)
-    with path.open("w", newline="", encoding="utf-8") as f:
-        writer = csv.writer(f)
-        writer.writerow(_header(table))
-        writer.writerows(_rows(table, digits))
-    return path
+    """Write the table as CSV with the same cell text as the Markdown, atomically."""
+    buf = io.StringIO(newline="")
+    writer = csv.writer(buf)
+    writer.writerow(_header(table))
+    writer.writerows(_rows(table, digits))
+    write_text(path, buf.getvalue())
+    return Path(path)
 
 
 def _save(fig: Figure, path: str | Path) -> Path:
     path = Path(path)
     FigureCanvasAgg(fig)
     fig.tight_layout()
-    fig.savefig(path, format="png", dpi=120)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=120)
     return path
 
 

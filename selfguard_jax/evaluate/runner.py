@@ -271,7 +271,8 @@ def _guard(cfg: EvalConfig, guard_lm):
         return guard_lm.generate(batch, max_new_tokens=max_new_tokens).tokens
 
     return judges.LlamaGuardJudge(guard_lm.tokenizer, gen, protocol=spec.get("protocol", "saferemind"),
-                                  batch_size=int(spec.get("batch_size", 8)))
+                                  batch_size=int(spec.get("batch_size", 8)),
+                                  max_new_tokens=int(spec.get("max_new_tokens", 16)))
 
 
 def _model_judge(cfg: EvalConfig, name: str, judge_lm):
