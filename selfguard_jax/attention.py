@@ -32,13 +32,15 @@ def attention(q_BTNH: jax.Array, k_BKSH: jax.Array, v_BKSH: jax.Array, mask_BTS:
 
 
 def attention_blocks(q_BTNH: jax.Array, k_cache: jax.Array | tuple, v_cache: jax.Array | tuple, mask_BTS: jax.Array, attend_len: jax.Array,
-                     block: int = ATTENTION_BLOCK, sinks_N: jax.Array | None = None) -> jax.Array:
+                     block: int = ATTENTION_BLOCK, sinks_N: jax.Array | None = None,
+                     attend_from: jax.Array | None = None) -> jax.Array:
     """Attention over the cache's first `attend_len` slots, rounded up to whole blocks, with an online softmax:
     a block past the filled ones is skipped under `lax.cond`, so a step costs what rows have filled, not the
     preallocated length. The cache is a tuple of [B, K, block, H] arrays (`block_cache`: each block a buffer of
     its own, read in place) or one [B, K, S, H] array (each block a slice, which XLA may copy). A row's result
     does not depend on how many blocks past its own filled ones are read: masked blocks leave the sums as they
-    are, bit for bit."""
+    are, bit for bit. `attend_from` (a sliding-window layer): a slot before it is masked for every row, so the
+    blocks wholly before it are skipped the same way."""
     B, T, N, H = q_BTNH.shape
     if isinstance(k_cache, tuple):
         block, n = k_cache[0].shape[2], len(k_cache)
@@ -73,9 +75,11 @@ def attention_blocks(q_BTNH: jax.Array, k_cache: jax.Array | tuple, v_cache: jax
         sink = jnp.broadcast_to(sinks_N.astype(jnp.float32).reshape(1, K, G, 1), (B, K, G, T))
         carry = (sink, jnp.ones((B, K, G, T), jnp.float32), jnp.zeros((B, K, G, T, H), jnp.float32))
     n_used = (attend_len + block - 1) // block
-    carry = update(0, carry)
-    for j in range(1, n):
-        carry = jax.lax.cond(j < n_used, functools.partial(update, j), lambda c: c, carry)
+    if attend_from is None:
+        carry = update(0, carry)
+    for j in range(0 if attend_from is not None else 1, n):
+        read = j < n_used if attend_from is None else (j < n_used) & ((j + 1) * block > attend_from)
+        carry = jax.lax.cond(read, functools.partial(update, j), lambda c: c, carry)
     _, l, acc = carry
     dtype = (v_cache[0] if isinstance(v_cache, tuple) else v_cache).dtype
     return (acc / l[..., None]).astype(dtype).transpose(0, 3, 1, 2, 4).reshape(B, T, N, H)

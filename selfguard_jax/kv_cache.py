@@ -61,13 +61,16 @@ class DenseLayer:
     filled: bool = struct.field(pytree_node=False, default=False)
 
     def attend(self, q_BTNH: jax.Array, k_new_BKTH: jax.Array, v_new_BKTH: jax.Array, mask_BTS: jax.Array,
-               write_index: jax.Array, attend_len_B: jax.Array,
-               sinks_N: jax.Array | None = None) -> tuple[jax.Array, "DenseLayer"]:
-        """Write the new keys/values at `write_index`, then attend over the slots `mask_BTS` marks."""
+               write_index: jax.Array, attend_len_B: jax.Array, sinks_N: jax.Array | None = None,
+               attend_from_B: jax.Array | None = None) -> tuple[jax.Array, "DenseLayer"]:
+        """Write the new keys/values at `write_index`, then attend over the slots `mask_BTS` marks (filled: none
+        before `attend_from_B`, a sliding window's first slot, which the mask already excludes)."""
         keys = write_slots(self.k, k_new_BKTH, write_index)
         values = write_slots(self.v, v_new_BKTH, write_index)
         if self.filled and keys.shape[2] >= 2 * ATTENTION_BLOCK:
-            out = attention_blocks(q_BTNH, keys, values, mask_BTS, jnp.max(attend_len_B), sinks_N=sinks_N)
+            start = None if attend_from_B is None else jnp.min(attend_from_B)
+            out = attention_blocks(q_BTNH, keys, values, mask_BTS, jnp.max(attend_len_B), sinks_N=sinks_N,
+                                   attend_from=start)
         else:
             out = attention(q_BTNH, keys, values, mask_BTS, sinks_N)
         return out, self.replace(k=keys, v=values)
@@ -81,10 +84,10 @@ class BlockedLayer:
     v: tuple
 
     def attend(self, q_BTNH: jax.Array, k_new_BKTH: jax.Array, v_new_BKTH: jax.Array, mask_BTS: jax.Array,
-               write_index: jax.Array, attend_len_B: jax.Array,
-               sinks_N: jax.Array | None = None) -> tuple[jax.Array, "BlockedLayer"]:
-        """Write, then attend row group by row group: each group reads the blocks up to its own longest
-        `attend_len`."""
+               write_index: jax.Array, attend_len_B: jax.Array, sinks_N: jax.Array | None = None,
+               attend_from_B: jax.Array | None = None) -> tuple[jax.Array, "BlockedLayer"]:
+        """Write, then attend row group by row group: each group reads the blocks from its own earliest
+        `attend_from_B` (a sliding window's first slot; default 0) up to its own longest `attend_len`."""
         B, n = q_BTNH.shape[0], self.k[0][0].shape[0]
         index_B = jnp.broadcast_to(write_index, (B,))
         fill_B = jnp.broadcast_to(attend_len_B, (B,))
@@ -93,8 +96,9 @@ class BlockedLayer:
             r = slice(g * n, (g + 1) * n)
             keys.append(write_blocks(k_blocks, k_new_BKTH[r], index_B[r]))
             values.append(write_blocks(v_blocks, v_new_BKTH[r], index_B[r]))
+            start = None if attend_from_B is None else jnp.min(jnp.broadcast_to(attend_from_B, (B,))[r])
             outs.append(attention_blocks(q_BTNH[r], keys[-1], values[-1], mask_BTS[r], jnp.max(fill_B[r]),
-                                         sinks_N=sinks_N))
+                                         sinks_N=sinks_N, attend_from=start))
         return jnp.concatenate(outs), BlockedLayer(k=tuple(keys), v=tuple(values))
 
 

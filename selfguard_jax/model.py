@@ -10,7 +10,8 @@ block asks it for its layer and hands the layer back.
 Entry points: `forward` (logits of every position), `prefill` (last logits and a KV cache), `decode_step` (one
 token per row against the cache, written in place) and `hidden_states` (block outputs). All run the blocks
 through one fold, `_blocks`; `Transformer` is a linen module binding the same params. Sliding-window blocks
-(`layer_windows`) attend through a narrowed mask; each block's rope comes from `attention_kinds`.
+(`layer_windows`) attend through a narrowed mask, and over a cache read only the blocks their window reaches;
+each block's rope comes from `attention_kinds`.
 """
 
 from __future__ import annotations
@@ -104,10 +105,12 @@ def apply_rope(x_BTNH: jax.Array, cos_BTR: jax.Array, sin_BTR: jax.Array) -> jax
 def block(cfg: ModelConfig, lp: Params, x_BTD: jax.Array, cos: jax.Array, sin: jax.Array, mask_BTS: jax.Array,
           cache_layer: LayerKV | None = None, write_index: jax.Array | None = None,
           attend_len_B: jax.Array | None = None,
-          switch: tuple[jax.Array, jax.Array] | None = None) -> tuple[jax.Array, LayerKV | tuple[jax.Array, jax.Array]]:
+          switch: tuple[jax.Array, jax.Array] | None = None,
+          attend_from_B: jax.Array | None = None) -> tuple[jax.Array, LayerKV | tuple[jax.Array, jax.Array]]:
     """One decoder block. Without a cache layer it attends over its own keys and returns them ([B, K, T, H]);
     with one, the layer writes the new keys at `write_index` and attends (kv_cache), and comes back updated.
-    `switch` (longrope.switch_step) re-rotates the cached keys of rows passing LongRoPE's original context."""
+    `switch` (longrope.switch_step) re-rotates the cached keys of rows passing LongRoPE's original context;
+    `attend_from_B` (a sliding block's first window slot) lets the filled-block attention skip the blocks before it."""
     h = norm(cfg, x_BTD, lp["attn_norm"])
     q = jnp.einsum("btd,dnh->btnh", h, lp["q"])
     k = jnp.einsum("btd,dkh->btkh", h, lp["k"])
@@ -127,7 +130,8 @@ def block(cfg: ModelConfig, lp: Params, x_BTD: jax.Array, cos: jax.Array, sin: j
     else:
         if switch is not None:
             cache_layer = cache_layer.replace(k=longrope.to_long(cfg, cache_layer.k, switch))
-        attn_BTNH, kv_out = cache_layer.attend(q, k_BKTH, v_BKTH, mask_BTS, write_index, attend_len_B, sinks)
+        attn_BTNH, kv_out = cache_layer.attend(q, k_BKTH, v_BKTH, mask_BTS, write_index, attend_len_B, sinks,
+                                               attend_from_B)
     B, T, N, H = attn_BTNH.shape
     # one [B*T, N*H] x [N*H, D] product: XLA:CPU transposed the [N, H, D] weight (a copy every step) otherwise
     out = jnp.einsum("btx,xd->btd", attn_BTNH.reshape(B, T, N * H), lp["o"].reshape(N * H, -1))
@@ -235,6 +239,7 @@ def _blocks(params: Params, cfg: ModelConfig, tokens_BT: jax.Array, positions_BT
     kinds, layer_kind = layer_ropes(cfg)
     ropes = PerLayer(layer_kind, tuple(rope_tables(cfg, positions_BT, x_BTD.dtype, k) for k in kinds))
     layer_mask = _windowed_masks(cfg, positions_BT, mask_BTS, cache is not None)
+    layer_from = _window_starts(cfg, positions_BT)
     switch = None if cache is None else longrope.switch_step(cfg, positions_BT, mask_BTS[:, -1, :])
 
     def body(carry, lp, add_D, i):
@@ -245,7 +250,8 @@ def _blocks(params: Params, cfg: ModelConfig, tokens_BT: jax.Array, positions_BT
         if cache is None:
             x, kv = block(cfg, lp, x, cos, sin, layer_mask(i))
         else:
-            x, layer = block(cfg, lp, x, cos, sin, layer_mask(i), cache.layer(i), write_index, attend_len_B, switch)
+            x, layer = block(cfg, lp, x, cos, sin, layer_mask(i), cache.layer(i), write_index, attend_len_B, switch,
+                             layer_from(i))
             cache, kv = cache.with_layer(i, layer), None
         return (x, cache), (kv if keep_kv else None, None if pick is None else pick(x))
 
@@ -262,8 +268,8 @@ def _windowed_masks(cfg: ModelConfig, positions_BT: jax.Array, mask_BTS: jax.Arr
                     cached: bool) -> Callable[[Any], jax.Array]:
     """i -> block i's mask: `mask_BTS`, and for a sliding-window block (`layer_windows`) only the keys less than
     the window behind the query in position. Key positions: the inputs' own, or with a cache, each valid slot's
-    count of valid slots before it (the positions `positions_from_mask` gives). The window is applied as a mask:
-    a sliding block reads the whole cache like a full one."""
+    count of valid slots before it (the positions `positions_from_mask` gives). The window is applied as a mask;
+    the filled-block attention also skips the blocks wholly before it (`_window_starts`)."""
     if not any(cfg.layer_windows):
         return lambda i: mask_BTS
     k_pos_BS = jnp.cumsum(mask_BTS[:, -1], axis=-1) - 1 if cached else positions_BT
@@ -275,6 +281,17 @@ def _windowed_masks(cfg: ModelConfig, positions_BT: jax.Array, mask_BTS: jax.Arr
         return mask_BTS & ((w == 0) | (dist_BTS < w))
 
     return mask
+
+
+def _window_starts(cfg: ModelConfig, positions_BT: jax.Array) -> Callable[[Any], jax.Array | None]:
+    """i -> block i's first cache slot any of a row's queries can see ([B]; 0 for a full block), None without
+    sliding blocks. A slot's key position (its count of valid slots before it) is at most its index, so every
+    slot before `min(position) - window + 1` is outside the window: the filled-block attention skips those blocks."""
+    if not any(cfg.layer_windows):
+        return lambda i: None
+    first_B = jnp.min(positions_BT, axis=1).astype(jnp.int32) + 1
+    windows_L = jnp.asarray(cfg.layer_windows, jnp.int32)
+    return lambda i: jnp.where(windows_L[i] > 0, first_B - windows_L[i], 0)
 
 
 def _fold(params: Params, cfg: ModelConfig, scan_layers: bool, body: Callable, carry: Any, add_LD: jax.Array | None):

@@ -16,7 +16,7 @@ from tiny_models import GEMMA_SPECS, save_hf_model
 
 import selfguard_jax as sgj
 from selfguard_jax.config import ConfigError, ModelConfig
-from selfguard_jax.kv_cache import BlockedCache
+from selfguard_jax.kv_cache import BlockedCache, LayerCache, StackedCache
 from selfguard_jax.model import decode_step, prefill, unstack_layers
 
 PROMPTS = [[5, 17, 33, 8, 91, 42, 7], [12, 4], [150, 3, 77, 19, 20, 21, 22, 23, 24, 25, 26], [60, 61, 62, 63]]
@@ -95,6 +95,46 @@ def test_blocked_cache_decode_keeps_the_window(gemma_dirs):
                                  attend_len_B=jnp.full((2,), 7 + t), scan_layers=False)
             err = np.abs(np.asarray(logits) - want[:, t]).max()
             assert err < TOL, (blocked, t, err)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("layout", ["stacked", "blocked"])
+def test_sliding_blocks_read_only_their_window(gemma_dirs, layout):
+    """The sliding blocks' cache slots wholly before their window hold NaN (the full block's do not): one decode
+    step over the filled blocks (scanned 512-slot slices, or per-layer 4-slot buffers in two row groups, each
+    group from its own window) never reads them and equals the masked attention over the clean cache."""
+    folder, _ = gemma_dirs["gemma3_pattern"]
+    lm = sgj.load(folder, scan_layers=layout == "stacked")
+    cfg = lm.config
+    stacked = layout == "stacked"
+    S, pos = (1536, jnp.array([1200, 1100])) if stacked else (16, jnp.array([13, 9]))
+    assert set(cfg.layer_windows) == {0, 4}
+    shape = (cfg.num_layers, 2, cfg.num_kv_heads, S, cfg.head_dim)
+    k, v = (jax.random.normal(jax.random.PRNGKey(i), shape) for i in (0, 1))
+    sliding = jnp.asarray([w > 0 for w in cfg.layer_windows])[:, None, None, None, None]
+    if stacked:  # blocks 0 and 1 end before both rows' windows (1197 and 1097)
+        before = jnp.arange(S)[None, None, None, :, None] < 1024
+    else:  # row 0's window starts at slot 10 (its group skips 2 blocks of 4), row 1's at 6 (1 block)
+        before = jnp.arange(S)[None, None, None, :, None] < jnp.array([8, 4])[None, :, None, None, None]
+    poison = sliding & before
+    valid = jnp.arange(S)[None, :] <= pos[:, None]
+    tokens = jnp.array([5, 17])
+
+    def step(k, v, filled: bool, params):
+        if stacked:
+            cache = StackedCache(k, v, filled=filled)
+        else:
+            cache = LayerCache(tuple(k), tuple(v))
+            cache = BlockedCache.cut(cache, block=4, groups=2) if filled else cache
+        logits, _ = jax.jit(decode_step, static_argnames=("cfg", "scan_layers"))(
+            params, cfg, tokens, pos, valid, cache, pos, attend_len_B=pos + 1, scan_layers=stacked)
+        return np.asarray(logits)
+
+    params = lm.params if stacked else unstack_layers(lm.params, cfg)
+    want = step(k, v, False, params)
+    got = step(jnp.where(poison, jnp.nan, k), jnp.where(poison, jnp.nan, v), True, params)
+    assert np.isfinite(got).all()
+    np.testing.assert_allclose(got, want, atol=TOL, rtol=0)
 
 
 def test_legacy_config_form_reads_the_same(gemma_dirs):

@@ -4,6 +4,7 @@ weights and KV cache over model=4 and model=8 and still equals transformers' log
 generation."""
 
 import dataclasses
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -43,6 +44,21 @@ def test_tp_config_replicates_kv_heads_only_as_needed():
     eight = plan(R1_7B, 1, 8, 64, 4608)
     assert eight.cache_bytes == one.cache_bytes / 4  # one KV head per chip instead of all four
     assert eight.params_bytes < one.params_bytes / 7
+
+
+def test_gemma3_27b_and_phi4_reasoning_on_model_8():
+    """Gemma 3 27B's 32 / 16 heads and 21,504-wide MLP divide over 8 chips as they are; Phi-4-reasoning's 10 KV heads
+    do not: each is held 4 times (40 / 40 heads, 5 query heads and their 5 KV copies per chip) and its 17,920-wide
+    MLP (2,240 per chip) is padded to 18,432 (2,304 = 18 x 128)."""
+    configs = Path(__file__).resolve().parent.parent / "benchmarks" / "configs"
+    gemma = ModelConfig.from_pretrained(configs / "gemma-3-27b")
+    assert heads.tp_config(gemma, 8) == gemma
+    phi = ModelConfig.from_pretrained(configs / "phi-4-reasoning")
+    wide = heads.tp_config(phi, 8)
+    assert (wide.num_heads, wide.num_kv_heads, wide.intermediate_size) == (40, 40, 18432)
+    k = np.arange(10, dtype=np.float32).reshape(1, 10, 1)  # KV head h's copies serve query heads 4h .. 4h + 3
+    np.testing.assert_array_equal(heads.widen("k", k, phi, 8, stacked=False)[0, :, 0], np.arange(40) // 4)
+    assert plan(phi, 1, 8, 8, 1024).cache_bytes == plan(phi, 1, 1, 8, 1024).cache_bytes / 2  # 5 of 10 heads' worth
 
 
 def test_widen_numpy_and_jax_agree_and_keep_every_head():
