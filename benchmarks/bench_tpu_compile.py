@@ -44,9 +44,9 @@ def largest_batch(cfg: ModelConfig, mesh, chip, tries: int) -> tuple[int, list]:
     lo, hi, B, log = 0, None, guess, []
     for _ in range(tries):
         c = tpu_compile.compile_step(cfg, mesh, B, S, stacked=True)
-        log.append({"batch": B, "fits": c.error is None, "total_gib": round(c.total / GIB, 2)})
+        log.append({"batch": B, "fits": c.fits, "total_gib": round(c.total / GIB, 2)})
         print(json.dumps(log[-1]), flush=True)
-        lo, hi = (B, hi) if c.error is None else (lo, B)
+        lo, hi = (B, hi) if c.fits else (lo, B)
         nxt = (B * 5 // 4) // unit * unit if hi is None else (lo + hi) // 2 // unit * unit
         if nxt in (lo, hi) or nxt <= 0:
             break
@@ -65,7 +65,7 @@ def one(name: str, topology: str, data: int, model: int, tries: int, judge: bool
     while B > 0:  # the stream (prefill, loop, refills) needs prefill's activations on top of the step
         stream = tpu_compile.programs(cfg, mesh, tpu_compile.Shape(B, PROMPT, NEW), only=("stream",))[0]
         print(json.dumps({"stream batch": B, "error": stream.error, "total_gib": stream.total / GIB}), flush=True)
-        if stream.error is None:
+        if stream.fits:
             break
         B -= unit
     out["batch"] = B

@@ -27,7 +27,7 @@ import numpy as np
 from selfguard_jax.config import ModelConfig
 from selfguard_jax.weights import weight_table
 
-QUERY_HEAD_WEIGHTS = ("q", "q_bias", "o")  # their "heads" axis is padded per KV group
+QUERY_HEAD_WEIGHTS = ("q", "q_bias", "o", "sinks")  # their "heads" axis is padded per KV group
 KV_HEAD_WEIGHTS = ("k", "v", "k_bias", "v_bias")  # their "kv_heads" axis is repeated
 MLP_WEIGHTS = ("gate", "up", "down")  # their "mlp" axis is padded with zero units
 LANES = 128  # TPU's tile width: each chip's MLP shard is made a multiple of it

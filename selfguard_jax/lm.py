@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 from pathlib import Path
@@ -69,6 +70,11 @@ class LM:
         """The same model with params resharded onto `mesh` (sharding.make_mesh): batch over data, TP over model."""
         return dataclasses.replace(self, params=shard_params(self.params, self.config, mesh), mesh=mesh)
 
+    def _on_mesh(self) -> contextlib.AbstractContextManager:
+        """This model's mesh in context (`jax.set_mesh`) while it runs: the model lays out the KV cache it creates
+        on it, and dispatches routed experts over it (`moe.py`); nothing without a mesh."""
+        return contextlib.nullcontext() if self.mesh is None else jax.set_mesh(self.mesh)
+
     def place_batch(self, *arrays: np.ndarray) -> tuple:
         """Pad rows to a multiple of the mesh's data axis and shard them over it (no-op without a mesh).
         Filler rows repeat the last row; callers drop them."""
@@ -117,7 +123,8 @@ class LM:
         ids, mask = self.place_batch(ids, mask)
         if steer is not None and steer.gate_BT.shape[0] != ids.shape[0]:
             steer = steer._replace(gate_BT=self.place_batch(steer.gate_BT)[0])
-        return _forward(self.params, self.config, ids, mask, steer, self.scan_layers)[:B]
+        with self._on_mesh():
+            return _forward(self.params, self.config, ids, mask, steer, self.scan_layers)[:B]
 
     def hidden_states(self, input_ids, attention_mask=None, steering: Steering | None = None) -> jax.Array:
         """[L + 1, B, T, D] float32 with Hugging Face's indexing: [0] embeddings, [k + 1] output of block k
@@ -126,7 +133,8 @@ class LM:
         if steering is not None:
             steering.check(self.config.num_layers, self.config.hidden_size, ids.shape[0])
         steer = None if steering is None else steering.prompt_input(mask)
-        return _hidden_states(self.params, self.config, ids, mask, steer=steer, scan_layers=self.scan_layers)
+        with self._on_mesh():
+            return _hidden_states(self.params, self.config, ids, mask, steer=steer, scan_layers=self.scan_layers)
 
     def generate(self, prompts, spec: GenerationSpec | None = None, *, slots: int | None = None,
                  reminder_rows=None, progress: bool = False, eager: bool = False,
@@ -139,9 +147,7 @@ class LM:
                              "change the spec with spec.replace(...).")
         spec = GenerationSpec.from_keywords(**keywords) if spec is None else spec
         run = dict(slots=slots, reminder_rows=reminder_rows, progress=progress, eager=eager)
-        if self.mesh is None:
-            return decode.generate(self, prompts, spec, **run)
-        with jax.set_mesh(self.mesh):  # the model lays out the KV cache it creates on this mesh
+        with self._on_mesh():
             return decode.generate(self, prompts, spec, **run)
 
 

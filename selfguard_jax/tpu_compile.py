@@ -8,6 +8,8 @@ JAX_PLATFORMS=cpu so everything else stays on the CPU.
 from __future__ import annotations
 
 import dataclasses
+import functools
+import re
 import time
 from typing import Any, Callable
 
@@ -67,7 +69,9 @@ class Shape:
 
 @dataclasses.dataclass
 class Compiled:
-    """One program's compiler figures, per chip (bytes), or why it did not compile."""
+    """One program's compiler figures, per chip (bytes), or why it did not compile. `temp` is the temporaries'
+    allocation as buffer assignment lays it out (holes included); `peak` the live bytes at the busiest point,
+    arguments included, which is what the compiler checks against HBM."""
 
     name: str
     seconds: float = 0.0
@@ -75,15 +79,23 @@ class Compiled:
     output: float = 0.0
     alias: float = 0.0
     temp: float = 0.0
+    peak: float = 0.0
     flops: float = 0.0
     bytes_accessed: float = 0.0
     error: str | None = None
     hlo: str = ""
+    hbm_limit: float = float("inf")
 
     @property
     def total(self) -> float:
         """Live bytes per chip: arguments + outputs (less the ones aliased to arguments) + temporaries."""
         return self.argument + self.output - self.alias + self.temp
+
+    @property
+    def fits(self) -> bool:
+        """Compiled, and its per-chip total (the laid-out allocations, not only the live `peak` that the compiler
+        checks) within the chip's usable HBM (`hbm_limit`) (BENCHMARKS.md, mixture-of-experts section)."""
+        return self.error is None and self.total <= self.hbm_limit
 
 
 def topology_mesh(topology: str, data: int | None = None, model: int | None = None) -> tuple[Mesh, Chip]:
@@ -142,23 +154,48 @@ def _cache(cfg: ModelConfig, mesh: Mesh, batch: int, length: int, dtype: Any, st
     return LayerCache(k=(one,) * cfg.num_layers, v=(one,) * cfg.num_layers, filled=filled)
 
 
+@functools.lru_cache(maxsize=None)
+def usable_hbm(mesh: Mesh) -> float:
+    """Bytes of HBM per chip that the TPU compiler places a program in, as it states when it refuses one needing
+    more (a probe with terabytes of temporaries per chip); the chip's documented HBM if it does not say."""
+    kind = str(mesh.devices.flat[0].device_kind).lower()
+    chip = next((c for k, c in CHIPS.items() if k in kind.replace(" ", "").replace("lite", "e")), None)
+    a = jax.ShapeDtypeStruct((8, 1024), jnp.float32, sharding=NamedSharding(mesh, P()))
+
+    def probe(a_XY):
+        big = jnp.tile(a_XY, (2 ** 26, 1))
+        return jnp.sum(jnp.sin(big) * jnp.cos(big[::-1]), axis=0)
+
+    try:
+        with jax.set_mesh(mesh):
+            jax.jit(probe).lower(a).compile()
+    except Exception as e:  # "... exceeds available HBM (15.75G)."
+        m = re.search(r"available HBM \(([\d.]+)G\)", str(e))
+        if m:
+            return float(m.group(1)) * GIB
+    return chip.hbm_bytes if chip else float("inf")
+
+
 def compile_one(name: str, fn: Callable, args: tuple, mesh: Mesh, keep_hlo: bool = False,
                 donate: tuple[int, ...] = ()) -> Compiled:
-    """Lower and compile `fn(*args)` on `mesh` (abstract args) and read the compiler's figures; a program that
-    does not fit comes back with the compiler's message in `error`."""
+    """Lower and compile `fn(*args)` on `mesh` (abstract args) and read the compiler's figures; a program the
+    compiler refuses comes back with its message in `error`, and `fits` also checks the total against the usable
+    HBM."""
+    limit = usable_hbm(mesh)
     start = time.perf_counter()
     try:
         with jax.set_mesh(mesh):
             exe = jax.jit(fn, donate_argnums=donate).lower(*args).compile()
     except Exception as e:  # the TPU compiler reports an over-full HBM as an XlaRuntimeError
-        return Compiled(name, time.perf_counter() - start, error=f"{type(e).__name__}: {str(e).splitlines()[0]}")
+        return Compiled(name, time.perf_counter() - start, error=f"{type(e).__name__}: {str(e).splitlines()[0]}",
+                        hbm_limit=limit)
     seconds = time.perf_counter() - start
     mem = exe.memory_analysis()
     cost = exe.cost_analysis()
     cost = cost[0] if isinstance(cost, (list, tuple)) else cost
     return Compiled(name, seconds, mem.argument_size_in_bytes, mem.output_size_in_bytes, mem.alias_size_in_bytes,
-                    mem.temp_size_in_bytes, float(cost.get("flops", 0.0)), float(cost.get("bytes accessed", 0.0)),
-                    hlo=exe.as_text() if keep_hlo else "")
+                    mem.temp_size_in_bytes, mem.peak_memory_in_bytes, float(cost.get("flops", 0.0)),
+                    float(cost.get("bytes accessed", 0.0)), hlo=exe.as_text() if keep_hlo else "", hbm_limit=limit)
 
 
 def _defended(cfg: ModelConfig) -> tuple[Steering, Reminder]:
@@ -266,8 +303,9 @@ def step_seconds(c: Compiled, chip: Chip, hbm_bytes: float | None = None) -> flo
 
 def report(cfg: ModelConfig, mesh: Mesh, chip: Chip, shape: Shape, results: list[Compiled],
            dtype_bytes: int = 2) -> str:
-    """A per-chip table of the compiled programs against `plan` (the TPU compiler refuses a program that does
-    not fit the chip's HBM), and the decode step's roofline estimate between the floor and XLA's bytes."""
+    """A per-chip table of the compiled programs against `plan`, each program's total checked against the HBM
+    the compiler can use (it refuses some programs over it, not all), and the decode step's roofline estimate
+    between the floor and XLA's bytes."""
     data, model = mesh.shape["data"], mesh.shape["model"]
     S = cache_length(shape.prompt_len + shape.new_tokens)
     p = plan(cfg, data, model, shape.batch, S, dtype_bytes, shape.prompt_len)
@@ -276,13 +314,16 @@ def report(cfg: ModelConfig, mesh: Mesh, chip: Chip, shape: Shape, results: list
              f"{chip.hbm_bandwidth / 1e9:g} GB/s, {chip.bf16_flops / 1e12:g} bf16 TFLOP/s per chip ({chip.source})",
              f"  plan's arithmetic: params {p.params_bytes / GIB:.2f} + KV cache {p.cache_bytes / GIB:.2f} + "
              f"peak activation {p.activation_bytes / GIB:.2f} = {p.total / GIB:.2f} GiB per chip",
-             f"  {'program':12s} {'compile s':>9s} {'args GiB':>9s} {'temp GiB':>9s} {'total GiB':>9s}  fits"]
+             f"  {'program':12s} {'compile s':>9s} {'args GiB':>9s} {'temp GiB':>9s} {'total GiB':>9s} "
+             f"{'peak GiB':>9s}  fits"]
     for c in results:
         if c.error:
             lines.append(f"  {c.name:12s} {c.seconds:9.1f}  does NOT fit / compile: {c.error[:200]}")
         else:
+            verdict = "yes" if c.fits else (f"NO: total over the {c.hbm_limit / GIB:.2f} GiB the compiler can use per "
+                                             "chip (it compiled it: it checks the live peak)")
             lines.append(f"  {c.name:12s} {c.seconds:9.1f} {c.argument / GIB:9.2f} {c.temp / GIB:9.2f} "
-                         f"{c.total / GIB:9.2f}  yes")
+                         f"{c.total / GIB:9.2f} {c.peak / GIB:9.2f}  {verdict}")
     for c in results:
         if c.name == "decode step" and not c.error:
             floor = floor_bytes(cfg, data, model, shape.batch, S, dtype_bytes)

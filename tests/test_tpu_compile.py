@@ -69,3 +69,18 @@ def test_bench_script_runs_at_a_tiny_size(tmp_path):
                                      "PYTHONPATH": str(script.parent.parent)})
     row = json.loads(out.read_text())[0]
     assert row["batch"] > 0 and row["step"]["gflop"] > 0 and row["harmbench_400"]["steps"] > 0
+
+
+def test_fits_checks_the_total_against_the_hbm_the_compiler_can_use():
+    """libtpu states v5e's usable HBM (15.75 GiB) when it refuses a program; a compiled program whose per-chip
+    total exceeds it (gpt-oss-20b's decode step before expert parallelism, which libtpu accepted) is reported as
+    not fitting, and one under it as fitting."""
+    mesh, chip = tpu_compile.topology_mesh("v5e:2x2", data=1, model=4)
+    limit = tpu_compile.usable_hbm(mesh)
+    assert limit == 15.75 * tpu_compile.GIB
+    GIB = tpu_compile.GIB
+    over = tpu_compile.Compiled("stream", argument=4.96 * GIB, temp=17.20 * GIB, peak=14.49 * GIB, hbm_limit=limit)
+    under = tpu_compile.Compiled("prefill", argument=4.91 * GIB, temp=0.23 * GIB, peak=5.1 * GIB, hbm_limit=limit)
+    assert not over.fits and under.fits
+    text = tpu_compile.report(CFG, mesh, chip, SHAPE, [under, over])
+    assert "NO: total over the 15.75 GiB" in text and text.count(" yes") == 1
