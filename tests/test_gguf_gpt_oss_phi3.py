@@ -9,6 +9,7 @@ import torch
 
 gguf = pytest.importorskip("gguf")
 from gguf import GGMLQuantizationType as Q  # noqa: E402
+from test_gguf_checkpoint import ids, torch_logits, transformers_gguf_model  # noqa: E402
 from tiny_models import make_hf_model  # noqa: E402
 
 import selfguard_jax as sgj  # noqa: E402
@@ -149,21 +150,6 @@ def write_phi3_gguf(model, path, qtype: Q = Q.F32) -> None:
     _finish(w)
 
 
-def ids(vocab: int, B: int = 2, T: int = 12) -> np.ndarray:
-    return np.random.default_rng(1).integers(3, vocab, (B, T))
-
-
-def torch_logits(model, x: np.ndarray) -> np.ndarray:
-    with torch.no_grad():
-        return model(torch.tensor(x)).logits.float().numpy()
-
-
-def transformers_gguf_model(path):
-    from transformers import AutoModelForCausalLM
-
-    return AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32).eval()
-
-
 @pytest.mark.parametrize("mxfp4", [False, True], ids=["f32", "mxfp4"])
 def test_gpt_oss_gguf_tensors_are_the_hf_tensors(tmp_path, mxfp4):
     """Every HF tensor read back from the file equals the model's, element for element: llama.cpp's split and
@@ -191,7 +177,7 @@ def test_gpt_oss_gguf_equals_the_original_model(tmp_path, mxfp4):
     model = make_hf_model("gpt_oss", swiglu_limit=7.0)
     write_gpt_oss_gguf(model, tmp_path / "m.gguf", mxfp4_seed=3 if mxfp4 else None)
     lm = sgj.load(tmp_path / "m.gguf")
-    x = ids(model.config.vocab_size)
+    x = ids(model.config.vocab_size, T=12)
     ref = torch_logits(model, x)
     assert np.abs(ref).max() > 1e-2
     np.testing.assert_allclose(np.asarray(lm.forward(x)), ref, atol=1e-4, rtol=1e-4)
@@ -211,6 +197,6 @@ def test_phi3_longrope_gguf_equals_the_original_model(tmp_path, T):
 def test_phi3_quantised_gguf_equals_transformers_gguf_loading(tmp_path):
     write_phi3_gguf(make_hf_model("phi3_plain"), tmp_path / "m.gguf", Q.Q8_0)
     lm = sgj.load(tmp_path / "m.gguf")
-    x = ids(lm.config.vocab_size)
+    x = ids(lm.config.vocab_size, T=12)
     ref = torch_logits(transformers_gguf_model(tmp_path / "m.gguf"), x)
     np.testing.assert_allclose(np.asarray(lm.forward(x)), ref, atol=1e-4, rtol=1e-4)
