@@ -41,6 +41,25 @@ def random_k_blocks(rows: int, cols: int, qtype: Q, rng: np.random.Generator) ->
     return blocks.reshape(rows, -1)
 
 
+def write_header(w, c, head_dim: int | None = None) -> None:
+    """The metadata every decoder GGUF here carries, as llama.cpp's converter writes it: sizes, heads, rope base,
+    norm epsilon, vocabulary and special ids (and the key / value width when `head_dim` is given)."""
+    w.add_block_count(c.num_hidden_layers)
+    w.add_context_length(c.max_position_embeddings)
+    w.add_embedding_length(c.hidden_size)
+    w.add_feed_forward_length(c.intermediate_size)
+    w.add_head_count(c.num_attention_heads)
+    w.add_head_count_kv(c.num_key_value_heads)
+    w.add_rope_freq_base(float(c.rope_parameters["rope_theta"]))
+    w.add_layer_norm_rms_eps(c.rms_norm_eps)
+    w.add_vocab_size(c.vocab_size)
+    w.add_bos_token_id(c.bos_token_id)
+    w.add_eos_token_id(c.eos_token_id)
+    if head_dim is not None:
+        w.add_key_length(head_dim)
+        w.add_value_length(head_dim)
+
+
 def write_gguf(model, path, qtype: Q = Q.F32, arch_name: str | None = None, as_llama: bool = False,
                seed: int = 0) -> None:
     """Write a transformers model as a GGUF file: 2-D weights in `qtype`, 1-D tensors float32 (as llama.cpp does).
@@ -51,20 +70,8 @@ def write_gguf(model, path, qtype: Q = Q.F32, arch_name: str | None = None, as_l
     name = arch_name or gguf.MODEL_ARCH_NAMES[arch]
     head_dim = getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
     w = gguf.GGUFWriter(str(path), name)
-    w.add_block_count(c.num_hidden_layers)
-    w.add_context_length(c.max_position_embeddings)
-    w.add_embedding_length(c.hidden_size)
-    w.add_feed_forward_length(c.intermediate_size)
-    w.add_head_count(c.num_attention_heads)
-    w.add_head_count_kv(c.num_key_value_heads)
-    w.add_key_length(head_dim)
-    w.add_value_length(head_dim)
+    write_header(w, c, head_dim)
     w.add_rope_dimension_count(head_dim)
-    w.add_rope_freq_base(float(c.rope_parameters["rope_theta"]))
-    w.add_layer_norm_rms_eps(c.rms_norm_eps)
-    w.add_vocab_size(c.vocab_size)
-    w.add_bos_token_id(c.bos_token_id)
-    w.add_eos_token_id(c.eos_token_id)
     names = gguf.get_tensor_name_map(arch, c.num_hidden_layers)
     rng = np.random.default_rng(seed)
     for hf_key, t in model.state_dict().items():

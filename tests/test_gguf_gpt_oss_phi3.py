@@ -9,7 +9,7 @@ import torch
 
 gguf = pytest.importorskip("gguf")
 from gguf import GGMLQuantizationType as Q  # noqa: E402
-from test_gguf_checkpoint import ids, torch_logits, transformers_gguf_model  # noqa: E402
+from test_gguf_checkpoint import ids, torch_logits, transformers_gguf_model, write_header  # noqa: E402
 from tiny_models import make_hf_model  # noqa: E402
 
 import selfguard_jax as sgj  # noqa: E402
@@ -18,21 +18,8 @@ from selfguard_jax.tensor_source import read_config  # noqa: E402
 
 
 def _header(w, c, head_dim: int | None = None) -> None:
-    w.add_block_count(c.num_hidden_layers)
-    w.add_context_length(c.max_position_embeddings)
-    w.add_embedding_length(c.hidden_size)
-    w.add_feed_forward_length(c.intermediate_size)
-    w.add_head_count(c.num_attention_heads)
-    w.add_head_count_kv(c.num_key_value_heads)
-    w.add_rope_freq_base(float(c.rope_parameters["rope_theta"]))
-    w.add_layer_norm_rms_eps(c.rms_norm_eps)
-    w.add_vocab_size(c.vocab_size)
-    w.add_bos_token_id(c.bos_token_id)
-    w.add_eos_token_id(c.eos_token_id)
+    write_header(w, c, head_dim)
     w.add_pad_token_id(c.pad_token_id)
-    if head_dim is not None:
-        w.add_key_length(head_dim)
-        w.add_value_length(head_dim)
 
 
 def _finish(w) -> None:
